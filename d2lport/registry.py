@@ -1,0 +1,135 @@
+"""Model registry: name -> spec factory; ``create_model`` hands the spec to a framework.
+
+Like timm's ``create_model``: one namespace of names for every framework, keyword arguments
+passed to the spec factory (``num_classes``, ``in_channels``, ``image_size``, ...).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+
+from . import specs
+
+FRAMEWORKS: Tuple[str, ...] = ("torch", "tensorflow", "mxnet")
+# The import name of each framework and how to get it (pip extra of this project).
+_FRAMEWORK_MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
+_FRAMEWORK_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow",
+                      "mx": "mxnet", "gluon": "mxnet"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., specs.NetSpec]
+    kind: str            # "network" | "block"
+    summary: str
+
+
+_REGISTRY: Dict[str, Entry] = {}
+# torchvision-style names that are a registered model with fixed keyword arguments.
+ALIASES: Dict[str, Tuple[str, dict]] = {}
+
+
+def register(name: str, factory: Callable[..., specs.NetSpec], kind: str, summary: str):
+    _REGISTRY[name] = Entry(name, factory, kind, summary)
+
+
+register("inception", specs.inception_block, "block",
+         "Inception block (GoogLeNet 3a: 192 -> 256 channels)")
+register("googlenet", specs.googlenet, "network", "D2L GoogLeNet, 1x96x96, 10 classes")
+register("googlenet_v1", specs.googlenet_v1, "network",
+         "GoogLeNet 2014 paper: LRN, dropout 0.4, two auxiliary heads, 3x224x224")
+for _name, _cfg in specs.VGG_MODELS.items():
+    register(_name, (lambda cfg, n: lambda **kw: specs.vgg(cfg, name=n, **kw))(_cfg, _name),
+             "network", f"VGG configuration {_cfg}; batch_norm=, width_ratio=")
+    ALIASES[f"{_name}_bn"] = (_name, {"batch_norm": True})
+# D2L 8.2's narrow VGG-11: a quarter of the widths, Fashion-MNIST at 224 px.
+ALIASES["vgg_d2l"] = ("vgg11", {"width_ratio": 4, "in_channels": 1, "num_classes": 10})
+register("inception_a", specs.inception_a_block, "block",
+         "Lecture InceptionA block (88 output channels)")
+register("inception_a_net", specs.inception_a_net, "network",
+         "Lecture net: conv, InceptionA, conv, InceptionA, FC (1x28x28)")
+register("residual_block", specs.residual_block_spec, "block", "Lecture residual block")
+register("residual_net", specs.residual_net, "network",
+         "Lecture net: conv, residual block, conv, residual block, FC (1x28x28)")
+
+
+class UnknownModelError(KeyError):
+    def __str__(self):                  # KeyError would print the message with quotes
+        return str(self.args[0])
+
+
+class FrameworkNotInstalledError(ImportError):
+    pass
+
+
+def list_models(kind: str = None) -> List[str]:
+    """Registered names (``kind`` = "network" or "block" to filter), in registration order."""
+    return [n for n, e in _REGISTRY.items() if kind is None or e.kind == kind]
+
+
+def describe(name: str) -> Entry:
+    return _REGISTRY[_resolve(name)[0]]
+
+
+def _resolve(name: str) -> Tuple[str, dict]:
+    key = name.strip().lower().replace("-", "_")
+    if key in _REGISTRY:
+        return key, {}
+    if key in ALIASES:
+        return ALIASES[key]
+    known = list(_REGISTRY) + list(ALIASES)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}.{hint} Registered models: "
+                            f"{', '.join(list_models())} (see `d2lport models`).")
+
+
+def get_spec(name: str, **kwargs) -> specs.NetSpec:
+    """The framework-neutral spec of a registered model, with keyword arguments applied."""
+    key, fixed = _resolve(name)
+    merged = {**fixed, **kwargs}
+    try:
+        return _REGISTRY[key].factory(**merged)
+    except TypeError as err:
+        raise TypeError(f"{key}: {err}") from None
+
+
+def normalize_framework(framework: str) -> str:
+    fw = _FRAMEWORK_ALIASES.get(framework.lower(), framework.lower())
+    if fw not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+    return fw
+
+
+def framework_available(framework: str) -> bool:
+    return importlib.util.find_spec(_FRAMEWORK_MODULE[normalize_framework(framework)]) is not None
+
+
+def require_framework(framework: str) -> str:
+    fw = normalize_framework(framework)
+    if not framework_available(fw):
+        raise FrameworkNotInstalledError(
+            f"{fw} is not installed in this Python ({_python()}): install it with "
+            f"`pip install 'd2lport[{fw}]'` (or `make setup` for all three frameworks).")
+    return fw
+
+
+def _python() -> str:
+    import sys
+    return sys.executable
+
+
+def backend(framework: str):
+    """The d2lport package of a framework (``d2lport.torch`` ...), imported on demand."""
+    fw = require_framework(framework)
+    return importlib.import_module(f"d2lport.{fw}")
+
+
+def create_model(name: str, framework: str = "torch", **kwargs):
+    """Build a registered model as a native model of ``framework``."""
+    spec = get_spec(name, **kwargs)
+    return backend(framework).build(spec)
