@@ -6,6 +6,8 @@ passed to the spec factory (``num_classes``, ``in_channels``, ``image_size``, ..
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -43,8 +45,7 @@ register("googlenet", specs.googlenet, "network", "D2L GoogLeNet, 1x96x96, 10 cl
 register("googlenet_v1", specs.googlenet_v1, "network",
          "GoogLeNet 2014 paper: LRN, dropout 0.4, two auxiliary heads, 3x224x224")
 for _name, _cfg in specs.VGG_MODELS.items():
-    register(_name, (lambda cfg, n: lambda **kw: specs.vgg(cfg, name=n, **kw))(_cfg, _name),
-             "network", f"VGG configuration {_cfg}; batch_norm=, width_ratio=")
+    register(_name, functools.partial(specs.vgg, _cfg, name=_name), "network", f"VGG configuration {_cfg}; batch_norm=, width_ratio=")
     ALIASES[f"{_name}_bn"] = (_name, {"batch_norm": True})
 # D2L 8.2's narrow VGG-11: a quarter of the widths, Fashion-MNIST at 224 px.
 ALIASES["vgg_d2l"] = ("vgg11", {"width_ratio": 4, "in_channels": 1, "num_classes": 10})
@@ -86,6 +87,12 @@ def _resolve(name: str) -> Tuple[str, dict]:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownModelError(f"unknown model {name!r}.{hint} Registered models: "
                             f"{', '.join(list_models())} (see `d2lport models`).")
+
+
+def accepts(name: str, keyword: str) -> bool:
+    """Whether the model's factory takes ``keyword`` (e.g. ``image_size``)."""
+    factory = _REGISTRY[_resolve(name)[0]].factory
+    return keyword in inspect.signature(factory).parameters
 
 
 def get_spec(name: str, **kwargs) -> specs.NetSpec:

@@ -291,9 +291,8 @@ def _chw(spec: NetSpec, input_shape) -> Tuple[int, int, int]:
 
 
 def min_input_size(spec: NetSpec) -> int:
-    """Smallest square input side the network accepts (for networks built for any size)."""
-    if not spec.any_size:
-        return spec.input_shape[1]
+    """Smallest square input side whose windows all fit (a fixed-size net must also be
+    built for that size: ``image_size=``)."""
     c = spec.input_shape[0]
     for side in range(1, 1025):
         try:

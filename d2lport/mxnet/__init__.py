@@ -1,0 +1,139 @@
+"""d2lport's MXNet Gluon backend: ``from d2lport import mxnet as d2p``.
+
+Every registered network as Gluon blocks built from the shared spec, plus data, training,
+summaries and canonical weights.  Imports neither TensorFlow nor PyTorch.
+
+Two environment rules are enforced here, before MXNet is imported, because breaking either
+kills the process or fails deep inside MXNet:
+
+* TensorFlow imported first makes ``import mxnet`` crash (MXNet 1.9.1 with TF 2.17: MXNet's
+  signal handler prints "Segmentation fault: 11" and exits 255).  MXNet imported first, then
+  TensorFlow, works.  So importing this package while TensorFlow is loaded and MXNet is not
+  raises :class:`MXNetImportOrderError` instead.
+* MXNet 1.9.1, its last release, reads ``numpy.bool`` at import (``mxnet/numpy/utils.py``:
+  ``bool = onp.bool``), an alias numpy 1.24 removed.  d2lport pins ``numpy<1.24`` rather
+  than patching numpy; a newer numpy raises an ImportError that says so.
+"""
+from __future__ import annotations
+
+import sys as _sys
+
+
+class MXNetImportOrderError(ImportError):
+    """TensorFlow is loaded in this process and MXNet is not: importing MXNet would crash."""
+
+
+def _check_environment() -> None:
+    if "tensorflow" in _sys.modules and "mxnet" not in _sys.modules:
+        raise MXNetImportOrderError(
+            "d2lport.mxnet: TensorFlow is already imported in this process, and importing "
+            "MXNet 1.9.1 after TensorFlow crashes the interpreter (segmentation fault). "
+            "Fix: import d2lport.mxnet (or mxnet) before tensorflow, or run the frameworks in "
+            "separate processes (d2lport.compare / d2lport.worker do that for you).")
+    import numpy
+    major, minor = (int(v) for v in numpy.__version__.split(".")[:2])
+    if (major, minor) >= (1, 24):
+        raise ImportError(
+            f"d2lport.mxnet: MXNet 1.9.1 needs numpy < 1.24 (it uses numpy.bool, removed in "
+            f"1.24), found numpy {numpy.__version__}. Fix: pip install 'numpy<1.24' "
+            "(or `pip install 'd2lport[mxnet]'`, which pins it).")
+
+
+_check_environment()
+
+from collections import OrderedDict  # noqa: E402
+from typing import Dict, List, Optional, Sequence  # noqa: E402
+
+import mxnet as _mx  # noqa: E402
+import numpy as _np  # noqa: E402
+
+from .. import registry as _registry  # noqa: E402
+from .. import weights as _weights  # noqa: E402
+from ..common import AuxOutputs, History, Row, format_table, plot_history  # noqa: E402,F401
+from .data import (LABELS, FashionMNISTLoader, as_nd,  # noqa: E402,F401
+                   get_fashion_mnist_labels, load_data_fashion_mnist, to_tensor)
+from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E402,F401
+                     InceptionANet, Net, ResidualBlock, ResidualNet, VGG, build,
+                     canonical_params, vgg_block)
+from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: E402,F401
+
+FRAMEWORK = "mxnet"
+list_models = _registry.list_models
+
+
+def create_model(name: str, seed: Optional[int] = None, hybridize: bool = True,
+                 **kwargs) -> Net:
+    """Build a registered model (``d2lport models`` lists them), initialised and, by
+    default, hybridized (``static_alloc``, ``static_shape``); ``seed`` fixes the init."""
+    spec = _registry.get_spec(name, **kwargs)
+    if seed is not None:
+        _mx.random.seed(seed)
+        _np.random.seed(seed)
+    return build(spec, hybridize=hybridize)
+
+
+def _ctx(net) -> _mx.Context:
+    for param in net.collect_params().values():
+        return param.list_ctx()[0]
+    return _mx.cpu()
+
+
+def block_outputs(net: Net, x, include_aux: bool = True) -> "OrderedDict[str, _np.ndarray]":
+    """Every block's output for input ``x`` (NCHW numpy or NDArray) in inference mode
+    (called outside ``autograd.record``); numpy arrays in canonical layout (NCHW / (N, F))."""
+    if isinstance(x, _mx.nd.NDArray):
+        t = x.as_in_context(_ctx(net))
+    else:
+        t = as_nd(_np.asarray(x, _np.float32), ctx=_ctx(net))
+    with _mx.autograd.pause(train_mode=False):
+        outs = net.forward_blocks(t, include_aux=include_aux)
+    return OrderedDict((k, v.asnumpy()) for k, v in outs.items())
+
+
+def count_params(block) -> int:
+    """Trainable parameters: those with a gradient (``collect_params`` also holds the
+    BatchNorm running statistics, whose ``grad_req`` is 'null')."""
+    return sum(int(_np.prod(p.shape)) for p in block.collect_params().values()
+               if p.grad_req != "null")
+
+
+def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
+    """One row per block: name, per-example output shape (C, H, W) or (F,), parameters.
+    Shapes are measured by running a zero batch through the network in inference mode."""
+    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
+    with _mx.autograd.pause(train_mode=False):
+        outs = net.forward_blocks(_mx.nd.zeros(shape, ctx=_ctx(net)), include_aux=True)
+    return [Row(name, tuple(out.shape[1:]), count_params(net.block(name)))
+            for name, out in outs.items()]
+
+
+def summary(net: Net, input_shape: Sequence[int] = None, print_fn=print) -> List[Row]:
+    """Print the block table (D2L's layer-by-layer shapes) and return its rows."""
+    rows = layer_shapes(net, input_shape)
+    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
+    print_fn(format_table(rows, f"{net.spec.name} (mxnet), input "
+                                f"({', '.join(str(s) for s in shape)})"))
+    return rows
+
+
+def get_weights(net: Net) -> Dict[str, _np.ndarray]:
+    """Canonical weights: numpy arrays keyed by structural layer name, torch layouts (Gluon's
+    conv OIHW and dense (out, in) layouts already are torch's)."""
+    return {k: p.data(p.list_ctx()[0]).asnumpy().copy()
+            for k, p in canonical_params(net).items()}
+
+
+def set_weights(net: Net, weights, strict: bool = True) -> Net:
+    """Load canonical weights (a mapping, or the path of a ``.npz`` weight file)."""
+    if not isinstance(weights, dict):
+        weights, _ = _weights.load(weights)
+    _weights.check(net.spec, weights, strict)
+    params = canonical_params(net)
+    for key, value in weights.items():
+        params[key].set_data(as_nd(_np.asarray(value), dtype=params[key].dtype))
+    return net
+
+
+def save_weights(net: Net, path, **meta):
+    return _weights.save(path, get_weights(net), {"model": net.spec.name, "framework": FRAMEWORK,
+                                                  **meta})
