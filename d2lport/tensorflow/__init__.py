@@ -111,8 +111,7 @@ def _dense_from_canonical(layer, weight: _np.ndarray) -> _np.ndarray:
 def _pairs(net: Net):
     """(canonical key, Keras variable, to_canonical, from_canonical) for every weight."""
     same = lambda a: a  # noqa: E731
-    for path, layer in [p for root in list(net.blocks) + list(net.heads)
-                        for p in _iter_leaves(root)]:
+    for path, layer in [p for root in net.rows() for p in _iter_leaves(root)]:
         if isinstance(layer, _Conv):
             # HWIO <-> OIHW
             yield (f"{path}.weight", layer.kernel, lambda a: a.transpose(3, 2, 0, 1),

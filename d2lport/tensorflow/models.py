@@ -129,14 +129,14 @@ class PoolLayer(keras.layers.Layer):
         mode = _padding_mode(layer.kernel, layer.stride, layer.padding)
         if layer.kind == "avg" and mode == "same":
             mode = None
-        self.mode = mode or "VALID"
+        self.mode = (mode or "valid").upper()
         self.explicit_pad = 0 if mode else layer.padding
 
     def call(self, x, training=None):
         if self.explicit_pad:
             x = _pad(x, self.explicit_pad, float("-inf") if self.kind == "max" else 0.0)
         pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
-        return pool(x, self.kernel, self.stride, self.mode.upper())
+        return pool(x, self.kernel, self.stride, self.mode)
 
 
 class LRNLayer(keras.layers.Layer):
@@ -276,9 +276,18 @@ class Net(keras.Model):
     def block_names(self) -> List[str]:
         return self.spec.block_names
 
+    def rows(self) -> List[keras.layers.Layer]:
+        """Blocks and auxiliary heads in summary order (each head after its tap)."""
+        out = []
+        for name, layer in zip(self.block_names, self.blocks):
+            out.append(layer)
+            if name in self._tap_of:
+                out.append(self.heads[self._tap_of[name]])
+        return out
+
     def block(self, name: str) -> keras.layers.Layer:
         """The layer of a top-level block or auxiliary head, by canonical name."""
-        for layer in list(self.blocks) + list(self.heads):
+        for layer in self.rows():
             if layer.name == name:
                 return layer
         raise KeyError(f"{self.spec.name} has no block {name!r}; blocks: {self.block_names}")

@@ -6,7 +6,6 @@ import time
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ..common import AuxOutputs, History, Progress, combined_loss_weights, progress_default

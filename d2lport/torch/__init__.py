@@ -35,11 +35,17 @@ def create_model(name: str, seed: Optional[int] = None, **kwargs) -> Net:
 
 @_torch.no_grad()
 def block_outputs(net: Net, x, include_aux: bool = True) -> "OrderedDict[str, _np.ndarray]":
-    """Every block's output for input ``x`` (NCHW numpy or tensor), in evaluation mode
-    unless the net is training; numpy arrays in canonical layout (NCHW / (N, F))."""
+    """Every block's output for input ``x`` (NCHW numpy or tensor) in inference mode (no
+    dropout, BatchNorm running statistics), like every backend's ``block_outputs``;
+    numpy arrays in canonical layout (NCHW / (N, F)).  Auxiliary heads included on request."""
     t = x if isinstance(x, _torch.Tensor) else _torch.from_numpy(_np.asarray(x, _np.float32))
     t = t.to(next(net.parameters()).device)
-    outs = net.forward_blocks(t, include_aux=include_aux)
+    was_training = net.training
+    net.eval()
+    try:
+        outs = net.forward_blocks(t, include_aux=include_aux)
+    finally:
+        net.train(was_training)
     return OrderedDict((k, v.float().cpu().numpy()) for k, v in outs.items())
 
 
