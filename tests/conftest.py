@@ -16,6 +16,18 @@ def pytest_addoption(parser):
                           "(e.g. `make test-torch` forbids tensorflow,mxnet)")
 
 
+def _forbidden(config):
+    return [m for m in config.getoption("--forbid-imports").split(",") if m]
+
+
+def pytest_ignore_collect(collection_path, config):
+    # A test file named after a forbidden framework imports it at module level: skip it
+    # before it is imported (test_tensorflow*.py when tensorflow is forbidden, ...).
+    name = collection_path.name
+    return any(name.startswith(f"test_{m}") for m in _forbidden(config)) or None
+
+
+@pytest.hookimpl(trylast=True)   # after `-m` has deselected what this run does not need
 def pytest_collection_modifyitems(config, items):
     # Importing TensorFlow before MXNet in one process segfaults (MXNet 1.9.1): refuse a
     # session that would run both instead of crashing halfway.
@@ -28,8 +40,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    forbidden = [m for m in session.config.getoption("--forbid-imports").split(",") if m]
-    leaked = [m for m in forbidden if m in sys.modules]
+    leaked = [m for m in _forbidden(session.config) if m in sys.modules]
     if leaked:
         session.config.get_terminal_writer().line(
             f"FAILED: this session imported {', '.join(leaked)}, which it must not "

@@ -62,6 +62,14 @@ def test_rows_and_trainable_counts_match_spec(name):
     assert set(d2p.get_weights(net)) == set(specs.canonical_shapes(net.spec))
 
 
+@pytest.mark.parametrize("name,published", [("vgg11", 132_863_336), ("vgg11_bn", 132_868_840)])
+def test_full_vgg_counts_match_torchvision(name, published):
+    """torchvision's published trainable counts (224 px, 1000 classes)."""
+    net = d2p.create_model(name)
+    assert d2p.count_params(net) == published
+    mx.nd.waitall()                  # let the asynchronous initialisation finish here
+
+
 def test_batchnorm_counts_and_keys():
     net = d2p.create_model("vgg11_bn", **VGG_SMALL)
     assert d2p.count_params(net) == specs.count_params(net.spec)
@@ -83,7 +91,9 @@ def test_googlenet_summary_at_96_px():
 
 def test_standalone_blocks():
     x = mx.nd.ones((2, 192, 28, 28))
-    assert d2p.Inception(192, 64, (96, 128), (16, 32), 32)(x).shape == (2, 256, 28, 28)
+    block = d2p.Inception(192, 64, (96, 128), (16, 32), 32)
+    assert block(x).shape == (2, 256, 28, 28)
+    assert "(branch4): SequentialLayers(\n    (pool): MaxPool2D" in repr(block)   # layer tree
     assert d2p.InceptionA(10)(mx.nd.ones((1, 10, 12, 12))).shape == (1, 88, 12, 12)
     assert d2p.ResidualBlock(16)(mx.nd.ones((1, 16, 12, 12))).shape == (1, 16, 12, 12)
     assert d2p.vgg_block(2, 3, 8)(mx.nd.ones((1, 3, 32, 32))).shape == (1, 8, 16, 16)
