@@ -41,11 +41,12 @@ test-tf: setup data
 test-mxnet: setup data
 	$(PYTEST) -m mxnet --forbid-imports torch,tensorflow
 
-test-notebooks: setup data
-	@echo "test-notebooks: not yet (chapters and notebooks land with issue 6)"
+# Chapters -> per-framework notebooks (jupytext), executed; nbval re-runs them in smoke mode.
+notebooks: setup data
+	bash scripts/notebooks.sh build $(PY)
 
-notebooks: setup
-	@echo "notebooks: not yet (chapters and notebooks land with issue 6)"
+test-notebooks: setup data
+	bash scripts/notebooks.sh test $(PY)
 
 bench: setup data
 	@echo "bench: not yet (d2lport bench lands with issue 5)"
