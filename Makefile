@@ -7,7 +7,7 @@ STAMP := $(VENV)/.d2lport-installed
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-notebooks notebooks bench clean
+.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks bench clean
 
 # The venv is rebuilt only when the pins or the project metadata change.
 setup: $(STAMP)
@@ -30,10 +30,15 @@ test: setup data
 	$(MAKE) --no-print-directory test-torch
 	$(MAKE) --no-print-directory test-tf
 	$(MAKE) --no-print-directory test-mxnet
+	$(MAKE) --no-print-directory test-compare
 	$(MAKE) --no-print-directory test-notebooks
 
 test-torch: setup data
-	$(PYTEST) -m "core or torch" --forbid-imports tensorflow,mxnet
+	$(PYTEST) -m "(core or torch) and not parity" --forbid-imports tensorflow,mxnet
+
+# The frameworks side by side; this process imports none (each runs in its own worker).
+test-compare: setup data
+	$(PYTEST) -m parity tests/test_compare.py --forbid-imports torch,tensorflow,mxnet
 
 test-tf: setup data
 	$(PYTEST) -m tensorflow --forbid-imports torch,mxnet
@@ -49,7 +54,7 @@ test-notebooks: setup data
 	bash scripts/notebooks.sh test $(PY)
 
 bench: setup data
-	@echo "bench: not yet (d2lport bench lands with issue 5)"
+	$(PY) -m d2lport.cli bench googlenet --batch-size 64 --steps 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -110,12 +110,65 @@ def cmd_train(args) -> int:
                             device=args.device, seed=args.seed)
     print(history)
     if args.save:
-        path = backend.save_weights(net, args.save, kwargs=kwargs)
+        # The meta must rebuild the model: an alias (vgg_d2l) expands to its fixed kwargs.
+        from .compare import resolve
+        path = backend.save_weights(net, args.save, kwargs=resolve(args.model, kwargs)[1])
         print(f"weights saved to {path}")
     if args.plot:
         from .common import plot_history
         plot_history(history).savefig(args.plot)
         print(f"plot saved to {args.plot}")
+    return 0
+
+
+def _frameworks_arg(text: str) -> List[str]:
+    return [registry.normalize_framework(f) for f in text.split(",") if f.strip()]
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+    if args.plot and not args.train:
+        raise SystemExit("d2lport: --plot draws the --train curves; add --train N")
+    result = compare(args.model, frameworks=_frameworks_arg(args.frameworks),
+                     input_shape=_parse_shape(args.input), seed=args.seed,
+                     reference=args.reference, rtol=args.rtol, train=args.train, lr=args.lr,
+                     batch_size=args.batch_size, speed=args.speed, threads=args.threads,
+                     data_root=args.data, **_parse_kv(args.k))
+    print(result)
+    if args.plot and result.train is not None:
+        result.train.plot(args.plot)
+        print(f"loss curves saved to {args.plot}")
+    # differ / a framework that broke: a failing exit status, so scripts and CI notice
+    return 1 if result.verdict in ("differ", "incomplete") else 0
+
+
+def cmd_bench(args) -> int:
+    from .compare import bench
+    tables, missing = bench(args.models or ["googlenet"], _frameworks_arg(args.frameworks),
+                            batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                            input_size=args.size, seed=args.seed, threads=args.threads,
+                            **_parse_kv(args.k))
+    print("\n\n".join(str(t) for t in tables))
+    for fw, why in missing.items():
+        print(f"skipped {fw}: {why}")
+    return 0 if tables else 1
+
+
+def cmd_export(args) -> int:
+    from .compare import export_weights
+    meta = export_weights(args.model, args.framework, args.out, seed=args.seed,
+                          **_parse_kv(args.k))
+    print(f"{args.model} ({registry.normalize_framework(args.framework)}, seed {args.seed}): "
+          f"{meta['tensors']} tensors, {meta['params']:,} trainable parameters -> {meta['path']}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .compare import format_import, import_weights
+    result = import_weights(args.weights, args.framework, evaluate=args.evaluate,
+                            limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                            data_root=args.data)
+    print(format_import(result))
     return 0
 
 
@@ -161,6 +214,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
     s.set_defaults(func=cmd_train)
 
+    fws = ",".join(registry.FRAMEWORKS)
+    threads_help = ("CPU threads of every framework (default: each framework's own); 1 gives "
+                    "steadier timings on a busy machine")
+    s = sub.add_parser("compare", help="one model in several frameworks, block by block "
+                                       "(each framework in its own process)")
+    s.add_argument("model")
+    s.add_argument("--frameworks", default=fws, help=f"comma-separated (default {fws})")
+    s.add_argument("--reference", default="torch", help="framework the others are measured "
+                                                        "against (default torch)")
+    s.add_argument("--input", help="input shape NxCxHxW, e.g. 2x1x96x96 (default: 2 x the "
+                                   "model's)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the weights, input, batches")
+    s.add_argument("--rtol", type=float, default=1e-4,
+                   help="largest relative difference that agrees (default 1e-4)")
+    s.add_argument("--train", type=int, default=0, metavar="N",
+                   help="also train N plain-SGD steps on the same Fashion-MNIST batches")
+    s.add_argument("--lr", type=float, default=0.01, help="learning rate of --train")
+    s.add_argument("--batch-size", type=int, default=32, help="batch of --train and --speed")
+    s.add_argument("--speed", action="store_true",
+                   help="also measure inference and training examples/s")
+    s.add_argument("--threads", type=int, help=threads_help)
+    s.add_argument("--plot", help="save the --train loss curves to this image (.png/.svg)")
+    s.add_argument("--data", help="directory holding the four Fashion-MNIST files")
+    s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("bench", help="inference and training examples/s per framework")
+    s.add_argument("models", nargs="*", help="registered models (default googlenet)")
+    s.add_argument("--frameworks", default=fws, help=f"comma-separated (default {fws})")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--size", type=int, help="image side for models built for one size")
+    s.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
+    s.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    s.add_argument("--threads", type=int, help=threads_help)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("export", help="write a framework's freshly initialised weights "
+                                      "(canonical .npz)")
+    s.add_argument("model")
+    s.add_argument("--framework", "-f", default="torch")
+    s.add_argument("--out", "-o", required=True, help="the .npz file to write")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="load a canonical weight file (d2lport export, "
+                                      "train --save) into a framework and check it")
+    s.add_argument("weights", help="the .npz weight file")
+    s.add_argument("--framework", "-f", default="torch")
+    s.add_argument("--evaluate", action="store_true",
+                   help="also measure test accuracy on Fashion-MNIST")
+    s.add_argument("--limit", type=int, help="with --evaluate: a seeded subset of N test images")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0, help="seed of the checksum input and subset")
+    s.add_argument("--data", help="directory holding the four Fashion-MNIST files")
+    s.set_defaults(func=cmd_import)
+
     s = sub.add_parser("data", help="where Fashion-MNIST is, verified or not; --download")
     s.add_argument("--download", action="store_true", help="download into the user cache")
     s.add_argument("--root", help="check this directory instead of searching")
@@ -178,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except Exception as err:
         from .data import DataError
-        if isinstance(err, DataError):
+        from .worker import WorkerError
+        if isinstance(err, (DataError, WorkerError)):
             print(f"d2lport: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -73,10 +73,11 @@ def list_models(kind: str = None) -> List[str]:
 
 
 def describe(name: str) -> Entry:
-    return _REGISTRY[_resolve(name)[0]]
+    return _REGISTRY[resolve(name)[0]]
 
 
-def _resolve(name: str) -> Tuple[str, dict]:
+def resolve(name: str) -> Tuple[str, dict]:
+    """(registered name, fixed keyword arguments) for a name or an alias."""
     key = name.strip().lower().replace("-", "_")
     if key in _REGISTRY:
         return key, {}
@@ -91,13 +92,13 @@ def _resolve(name: str) -> Tuple[str, dict]:
 
 def accepts(name: str, keyword: str) -> bool:
     """Whether the model's factory takes ``keyword`` (e.g. ``image_size``)."""
-    factory = _REGISTRY[_resolve(name)[0]].factory
+    factory = _REGISTRY[resolve(name)[0]].factory
     return keyword in inspect.signature(factory).parameters
 
 
 def get_spec(name: str, **kwargs) -> specs.NetSpec:
     """The framework-neutral spec of a registered model, with keyword arguments applied."""
-    key, fixed = _resolve(name)
+    key, fixed = resolve(name)
     merged = {**fixed, **kwargs}
     try:
         return _REGISTRY[key].factory(**merged)

@@ -8,23 +8,33 @@ names another interpreter for users who keep a framework in a separate environme
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+from . import specs
 
 TASKS: Dict[str, Callable] = {}
 
 
 class WorkerError(RuntimeError):
     pass
+
+
+class WorkerImportError(WorkerError):
+    """The worker ran but could not import the framework's backend (not installed, or an
+    environment d2lport refuses, e.g. numpy >= 1.24 beside MXNet)."""
 
 
 def task(fn):
@@ -57,10 +67,16 @@ def run(framework: str, name: str, arrays: Dict[str, np.ndarray] = None, timeout
                               + proc.stderr[-3000:])
         meta = json.loads(reply.read_text())
         if "error" in meta:
-            raise WorkerError(f"{framework} worker for {name!r} failed: {meta['error']}")
+            cls = WorkerImportError if meta.get("stage") == "import" else WorkerError
+            raise cls(f"{framework} worker for {name!r} failed: {meta['error']}")
         with np.load(tmp / "reply.npz") as z:
             out = OrderedDict((k, z[k]) for k in meta.get("order", z.files))
         return out, meta
+
+
+def _error(err: BaseException, stage: str = "task") -> dict:
+    return {"error": f"{type(err).__name__}: {err}", "stage": stage,
+            "traceback": traceback.format_exc()}
 
 
 def _serve(directory: str) -> None:
@@ -71,11 +87,14 @@ def _serve(directory: str) -> None:
     try:
         from . import registry
         backend = registry.backend(request["framework"])
-        out, meta = TASKS[request["task"]](backend, arrays, **request["params"])
-        meta = dict(meta, order=list(out))
-    except Exception as err:  # reported to the parent, which raises it
-        out, meta = {}, {"error": f"{type(err).__name__}: {err}",
-                         "traceback": traceback.format_exc()}
+    except Exception as err:  # ImportError and friends: the framework is not usable here
+        backend, out, meta = None, {}, _error(err, stage="import")
+    if backend is not None:
+        try:
+            out, meta = TASKS[request["task"]](backend, arrays, **request["params"])
+            meta = dict(meta, order=list(out))
+        except Exception as err:  # reported to the parent, which raises it
+            out, meta = {}, _error(err)
     np.savez(tmp / "reply.npz", **out)
     (tmp / "reply.json").write_text(json.dumps(meta))
 
@@ -111,6 +130,350 @@ def run_blocks(framework: str, model: str, x: np.ndarray, weights: Dict[str, np.
     arrays = {"x": np.asarray(x, np.float32)}
     arrays.update({f"w:{k}": v for k, v in (weights or {}).items()})
     return run(framework, "blocks", arrays, model=model, kwargs=kwargs, include_aux=include_aux)
+
+
+
+# --------------------------------------------------------------------------- availability
+_PROBE = ("import importlib.util, sys\n"
+          "import numpy\n"
+          "sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)\n")
+
+
+def probe(framework: str) -> Optional[str]:
+    """Why ``framework`` cannot run in its worker interpreter, or None when it can.
+
+    Costs one short process that imports numpy and asks importlib where the framework
+    is; it imports no framework, so a comparison learns what is missing in milliseconds
+    instead of paying for (or crashing in) a worker.
+    """
+    python = python_for(framework)
+    fix = (f"install it (pip install 'd2lport[{framework}]') or point "
+           f"D2LPORT_PYTHON_{framework.upper()} at a Python that has it")
+    try:
+        proc = subprocess.run([python, "-c", _PROBE, framework], capture_output=True,
+                              text=True, timeout=120)
+    except OSError as err:
+        return f"cannot start the interpreter {python} ({err.strerror}): {fix}"
+    if proc.returncode == 3:
+        return f"not installed in {python}: {fix}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the interpreter {python} cannot run d2lport's worker ({last}): {fix}"
+    return None
+
+
+# --------------------------------------------------------------------------- many jobs, one process
+def run_jobs(framework: str, jobs: List[dict], timeout: float = 3600):
+    """Run several tasks in ONE worker process: importing a framework costs seconds (TF
+    about ten here), so a table of thirteen models should pay it once, not thirteen times.
+
+    Each job is ``{"task": name, "params": {...}, "data": [npz paths]}``; the arrays of
+    the files (merged) are the task's ``arrays``.  Files, not the request, carry the
+    arrays so that one weight file serves every framework.  Returns ``[(arrays, meta)]`` in
+    job order; a job that failed has ``meta["error"]`` and the jobs after it still ran.
+    """
+    out, meta = run(framework, "multi", timeout=timeout, jobs=jobs)
+    results = []
+    for i, job_meta in enumerate(meta["jobs"]):
+        prefix = f"{i}/"
+        arrays = OrderedDict((k[len(prefix):], v) for k, v in out.items() if k.startswith(prefix))
+        results.append((arrays, job_meta))
+    return results
+
+
+def _load_npz(paths) -> Dict[str, np.ndarray]:
+    arrays: Dict[str, np.ndarray] = {}
+    for path in paths or ():
+        with np.load(path) as z:
+            arrays.update((k, z[k]) for k in z.files)
+    return arrays
+
+
+@task
+def multi(backend, arrays, jobs: List[dict]):
+    """The worker side of :func:`run_jobs`."""
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    metas = []
+    for i, job in enumerate(jobs):
+        started = time.perf_counter()
+        try:
+            job_out, job_meta = TASKS[job["task"]](backend, _load_npz(job.get("data")),
+                                                   **job.get("params", {}))
+        except Exception as err:  # one failing job must not lose the others' results
+            job_out, job_meta = {}, _error(err)
+        out.update((f"{i}/{k}", v) for k, v in job_out.items())
+        metas.append(dict(job_meta, seconds=time.perf_counter() - started))
+        gc.collect()   # a VGG's 4096-wide layers should not pile up across jobs
+    return out, {"jobs": metas}
+
+
+# --------------------------------------------------------------------------- comparison tasks
+def _canonical(arrays) -> Dict[str, np.ndarray]:
+    return {k[2:]: v for k, v in arrays.items() if k.startswith("w:")}
+
+
+def _perturbed(weights: Dict[str, np.ndarray], key: str, scale: float = 1.01,
+               index: Optional[int] = None, delta: float = 0.0) -> Dict[str, np.ndarray]:
+    """A copy of ``weights`` with tensor ``key`` scaled by ``scale`` (default +1%), or, with
+    ``index``, only that flat element moved by ``delta``: the test hook that proves a
+    comparison can fail at the right block.  The whole tensor by default, because one
+    element may multiply a channel that the ReLU before it left all zero."""
+    if key not in weights:
+        raise KeyError(f"perturb: no weight {key!r}; e.g. {sorted(weights)[:3]}")
+    weights = dict(weights)
+    value = np.array(weights[key], np.float32)
+    if index is None:
+        value *= np.float32(scale)
+    else:
+        value.flat[index] += delta
+    weights[key] = value
+    return weights
+
+
+def _inference_mode(backend, net):
+    # A new torch module is in training mode and torch's block_outputs keeps the module's
+    # mode (BatchNorm would use batch statistics); Keras and Gluon block_outputs always
+    # run inference.
+    if backend.FRAMEWORK == "torch":
+        net.eval()
+    return net
+
+
+@task
+def compare_blocks(backend, arrays, model: str, kwargs: dict = None, include_aux: bool = True,
+                   perturb: dict = None):
+    """Per-block outputs in inference mode for canonical weights ``w:*`` and NCHW input
+    ``x`` (``perturb``: see :func:`_perturbed`), and each block's trainable parameters."""
+    net = backend.create_model(model, **(kwargs or {}))
+    weights = _canonical(arrays)
+    backend.set_weights(net, _perturbed(weights, **perturb) if perturb else weights)
+    _inference_mode(backend, net)
+    x = np.asarray(arrays["x"], np.float32)
+    with _cpu(backend):
+        outs = backend.block_outputs(net, x, include_aux=include_aux)
+        rows = [r.as_tuple() for r in backend.layer_shapes(net, (1,) + x.shape[1:])]
+    return outs, {"rows": rows, "params": backend.count_params(net)}
+
+
+@task
+def sgd_train(backend, arrays, model: str, kwargs: dict = None, lr: float = 0.01):
+    """Plain SGD (no momentum, no weight decay) from canonical weights ``w:*`` over the
+    batches ``train_x`` (S, B, C, H, W) / ``train_y`` (S, B): the loss of every step,
+    computed before that step's update, in training mode (BatchNorm on batch statistics).
+    A backend's own ``sgd_steps(net, batches, lr)`` is used when it has one."""
+    net = backend.create_model(model, **(kwargs or {}))
+    backend.set_weights(net, _canonical(arrays))
+    batches = list(zip(arrays["train_x"], arrays["train_y"]))
+    steps = getattr(backend, "sgd_steps", None)
+    losses = steps(net, batches, lr) if steps is not None else _sgd_steps(backend, net, batches, lr)
+    return {"loss": np.asarray([float(v) for v in losses], np.float64)}, {}
+
+
+def _sgd_steps(backend, net, batches, lr: float) -> List[float]:
+    kit = _kit(backend, net, lr)
+    return [kit.train_step(*kit.inputs(x, y)) for x, y in batches]
+
+
+@task
+def speed(backend, arrays, model: str, kwargs: dict = None, batch_size: int = 64,
+          warmup: int = 1, steps: int = 3, lr: float = 0.01, seed: int = 0, device: str = None):
+    """Examples per second of inference and of SGD training steps on one random batch
+    (``warmup`` untimed calls first: tracing, graph building, allocator warm-up), each
+    framework in its fast path: torch channels-last (what its ``train`` uses), a compiled
+    ``tf.function``, a hybridized Gluon net.  ``device``: default the backend's try_gpu()."""
+    net = backend.create_model(model, seed=seed, **(kwargs or {}))
+    spec = net.spec
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size,) + tuple(spec.input_shape), dtype=np.float32)
+    out_shape = specs.infer(spec, include_aux=False)[-1].out_shape
+    classes = out_shape[0] if len(out_shape) == 1 else 0
+    kit = _kit(backend, net, lr, device=device if device is not None else backend.try_gpu(),
+               fast=True)
+    X, Y = kit.inputs(x, rng.integers(0, max(1, min(classes, 10)), batch_size))
+    result = {"device": kit.describe(), "inference": batch_size * _rate(lambda: kit.infer(X),
+                                                                       warmup, steps)}
+    # A block without a classifier has no loss to train on.
+    result["training"] = (batch_size * _rate(lambda: kit.train_step(X, Y), warmup, steps)
+                          if classes else None)
+    return {}, result
+
+
+def _rate(fn, warmup: int, steps: int) -> float:
+    """Calls per second of ``fn`` (which must wait for its result), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps / max(time.perf_counter() - start, 1e-9)
+
+
+# --------------------------------------------------------------------------- weight files
+@task
+def export_weights(backend, arrays, model: str, out: str, kwargs: dict = None, seed: int = 0):
+    """Build ``model`` with the framework's own seeded initialisation and write its
+    canonical weights to ``out`` (meta: model, kwargs, framework, seed)."""
+    net = backend.create_model(model, seed=seed, **(kwargs or {}))
+    path = backend.save_weights(net, out, kwargs=kwargs or {}, seed=seed)
+    return {}, {"path": str(path), "params": backend.count_params(net),
+                "tensors": len(backend.get_weights(net))}
+
+
+@task
+def import_weights(backend, arrays, path: str, evaluate: bool = False, limit: int = None,
+                   batch_size: int = 256, seed: int = 0, root: str = None):
+    """Load a weight file into the model its meta names; return the logits for the input
+    ``x`` (a checksum that must agree across frameworks) and, with ``evaluate``, the test
+    accuracy on real Fashion-MNIST (seeded subset of ``limit`` test images)."""
+    from . import weights as weight_files
+    weights, meta = weight_files.load(path)
+    if "model" not in meta:
+        raise weight_files.WeightsError(f"{path} names no model in its meta; it was not "
+                                        "written by d2lport (save_weights / d2lport export)")
+    net = backend.create_model(meta["model"], **meta.get("kwargs", {}))
+    backend.set_weights(net, weights)
+    _inference_mode(backend, net)
+    with _cpu(backend):
+        outs = backend.block_outputs(net, np.asarray(arrays["x"], np.float32),
+                                     include_aux=False)
+    result = {"model": meta["model"], "kwargs": meta.get("kwargs", {}),
+              "source": meta.get("framework"), "params": backend.count_params(net),
+              "tensors": len(weights)}
+    if evaluate:
+        result.update(_test_accuracy(backend, net, limit, batch_size, seed, root))
+    return {"logits": list(outs.values())[-1]}, result
+
+
+def _test_accuracy(backend, net, limit, batch_size, seed, root) -> dict:
+    channels, size, _ = net.spec.input_shape
+    if channels != 1:
+        raise ValueError(f"{net.spec.name} takes {channels}-channel input; Fashion-MNIST is "
+                         "grey (export a model built with in_channels=1)")
+    _, test_iter = backend.load_data_fashion_mnist(
+        batch_size, resize=None if size == 28 else size, limit=limit, seed=seed, root=root)
+    return {"test_acc": backend.evaluate(net, test_iter), "test_examples": test_iter.num_examples}
+
+
+# --------------------------------------------------------------------------- framework kits
+# The few native calls a comparison needs (inputs, one plain-SGD step, one inference call),
+# per framework.  Each kit imports only the framework it serves; every call waits for its
+# result, so the timings of ``speed`` measure finished work.
+def _kit(backend, net, lr: float, device=None, fast: bool = False):
+    kits = {"torch": _TorchKit, "tensorflow": _TFKit, "mxnet": _MXNetKit}
+    return kits[backend.FRAMEWORK](backend, net, lr, device, fast)
+
+
+def _cpu(backend):
+    # Comparisons run on the CPU in float32: a GPU's TF32 convolutions differ by ~1e-3.
+    # Torch and Gluon models are built on the CPU; TensorFlow would place ops on a GPU.
+    if backend.FRAMEWORK == "tensorflow":
+        import tensorflow as tf
+        return tf.device("/CPU:0")
+    return contextlib.nullcontext()
+
+
+class _TorchKit:
+    def __init__(self, backend, net, lr, device=None, fast=False):
+        import torch
+        self.torch, self.backend, self.net = torch, backend, net
+        self.device = torch.device(device or "cpu")
+        self.channels_last = fast      # about 2x faster for these convnets on CPU
+        net.to(self.device)
+        if fast:
+            net.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
+
+    def inputs(self, x, y):
+        X = self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+        if self.channels_last:
+            X = X.contiguous(memory_format=self.torch.channels_last)
+        return X, self.torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
+
+    def train_step(self, X, Y) -> float:
+        self.net.train()
+        loss = self.backend.loss_fn(self.net(X), Y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def infer(self, X) -> float:
+        self.net.eval()
+        with self.torch.no_grad():
+            return float(self.net(X).sum())
+
+    def describe(self) -> str:
+        return f"{self.device}, {self.torch.get_num_threads()} thread(s)"
+
+
+class _TFKit:
+    def __init__(self, backend, net, lr, device=None, fast=False):
+        import keras
+        import tensorflow as tf
+        self.tf, self.backend, self.net = tf, backend, net
+        self.device = device or "/CPU:0"
+        self.opt = keras.optimizers.SGD(learning_rate=lr, momentum=0.0)
+        with tf.device(self.device):
+            self.opt.build(net.trainable_variables)   # variables outside the traced step
+        # Compiled, as the backend's train() runs it; traced on the first call.
+        self._step = tf.function(self._eager_step)
+        self._infer = tf.function(lambda X: tf.reduce_sum(net(X, training=False)))
+
+    def _eager_step(self, X, Y):
+        variables = self.net.trainable_variables
+        with self.tf.GradientTape() as tape:
+            loss = self.backend.loss_fn(self.net(X, training=True), Y)
+        self.opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    def inputs(self, x, y):
+        with self.tf.device(self.device):     # the models run NHWC
+            X = self.tf.constant(np.ascontiguousarray(np.asarray(x, np.float32)
+                                                      .transpose(0, 2, 3, 1)))
+            return X, self.tf.constant(np.asarray(y, np.int64))
+
+    def train_step(self, X, Y) -> float:
+        with self.tf.device(self.device):
+            return float(self._step(X, Y))
+
+    def infer(self, X) -> float:
+        with self.tf.device(self.device):
+            return float(self._infer(X))
+
+    def describe(self) -> str:
+        threads = (os.environ.get("TF_NUM_INTRAOP_THREADS")
+                   or self.tf.config.threading.get_intra_op_parallelism_threads() or "all")
+        return f"{self.device}, {threads} intra-op thread(s)"
+
+
+class _MXNetKit:
+    def __init__(self, backend, net, lr, device=None, fast=False):
+        import mxnet as mx
+        from mxnet import autograd, gluon
+        self.mx, self.autograd, self.backend, self.net = mx, autograd, backend, net
+        self.ctx = device or mx.cpu()
+        net.collect_params().reset_ctx(self.ctx)
+        self.trainer = gluon.Trainer(net.collect_params(), "sgd",
+                                     {"learning_rate": lr, "momentum": 0.0, "wd": 0.0})
+
+    def inputs(self, x, y):
+        return (self.backend.as_nd(np.asarray(x, np.float32), ctx=self.ctx),
+                self.backend.as_nd(np.asarray(y), ctx=self.ctx, dtype="int32"))
+
+    def train_step(self, X, Y) -> float:
+        with self.autograd.record():
+            loss = self.backend.loss_fn(self.net(X), Y)
+        # backward() sums the per-example losses and step(batch) divides by the batch
+        # size: the update of the mean loss, as in torch and Keras.
+        loss.backward()
+        self.trainer.step(X.shape[0])
+        return float(loss.mean().asscalar())
+
+    def infer(self, X) -> float:
+        return float(self.net(X).sum().asscalar())
+
+    def describe(self) -> str:
+        return f"{self.ctx}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}"
 
 
 if __name__ == "__main__":
