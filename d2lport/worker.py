@@ -8,7 +8,6 @@ names another interpreter for users who keep a framework in a separate environme
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -230,15 +229,6 @@ def _perturbed(weights: Dict[str, np.ndarray], key: str, scale: float = 1.01,
     return weights
 
 
-def _inference_mode(backend, net):
-    # A new torch module is in training mode and torch's block_outputs keeps the module's
-    # mode (BatchNorm would use batch statistics); Keras and Gluon block_outputs always
-    # run inference.
-    if backend.FRAMEWORK == "torch":
-        net.eval()
-    return net
-
-
 @task
 def compare_blocks(backend, arrays, model: str, kwargs: dict = None, include_aux: bool = True,
                    perturb: dict = None):
@@ -247,9 +237,8 @@ def compare_blocks(backend, arrays, model: str, kwargs: dict = None, include_aux
     net = backend.create_model(model, **(kwargs or {}))
     weights = _canonical(arrays)
     backend.set_weights(net, _perturbed(weights, **perturb) if perturb else weights)
-    _inference_mode(backend, net)
     x = np.asarray(arrays["x"], np.float32)
-    with _cpu(backend):
+    with backend.cpu_scope():
         outs = backend.block_outputs(net, x, include_aux=include_aux)
         rows = [r.as_tuple() for r in backend.layer_shapes(net, (1,) + x.shape[1:])]
     return outs, {"rows": rows, "params": backend.count_params(net)}
@@ -270,7 +259,7 @@ def sgd_train(backend, arrays, model: str, kwargs: dict = None, lr: float = 0.01
 
 
 def _sgd_steps(backend, net, batches, lr: float) -> List[float]:
-    kit = _kit(backend, net, lr)
+    kit = backend.StepKit(net, lr)
     return [kit.train_step(*kit.inputs(x, y)) for x, y in batches]
 
 
@@ -287,8 +276,8 @@ def speed(backend, arrays, model: str, kwargs: dict = None, batch_size: int = 64
     x = rng.random((batch_size,) + tuple(spec.input_shape), dtype=np.float32)
     out_shape = specs.infer(spec, include_aux=False)[-1].out_shape
     classes = out_shape[0] if len(out_shape) == 1 else 0
-    kit = _kit(backend, net, lr, device=device if device is not None else backend.try_gpu(),
-               fast=True)
+    kit = backend.StepKit(net, lr, device=device if device is not None else backend.try_gpu(),
+                          fast=True)
     X, Y = kit.inputs(x, rng.integers(0, max(1, min(classes, 10)), batch_size))
     result = {"device": kit.describe(), "inference": batch_size * _rate(lambda: kit.infer(X),
                                                                        warmup, steps)}
@@ -332,8 +321,7 @@ def import_weights(backend, arrays, path: str, evaluate: bool = False, limit: in
                                         "written by d2lport (save_weights / d2lport export)")
     net = backend.create_model(meta["model"], **meta.get("kwargs", {}))
     backend.set_weights(net, weights)
-    _inference_mode(backend, net)
-    with _cpu(backend):
+    with backend.cpu_scope():
         outs = backend.block_outputs(net, np.asarray(arrays["x"], np.float32),
                                      include_aux=False)
     result = {"model": meta["model"], "kwargs": meta.get("kwargs", {}),
@@ -352,128 +340,6 @@ def _test_accuracy(backend, net, limit, batch_size, seed, root) -> dict:
     _, test_iter = backend.load_data_fashion_mnist(
         batch_size, resize=None if size == 28 else size, limit=limit, seed=seed, root=root)
     return {"test_acc": backend.evaluate(net, test_iter), "test_examples": test_iter.num_examples}
-
-
-# --------------------------------------------------------------------------- framework kits
-# The few native calls a comparison needs (inputs, one plain-SGD step, one inference call),
-# per framework.  Each kit imports only the framework it serves; every call waits for its
-# result, so the timings of ``speed`` measure finished work.
-def _kit(backend, net, lr: float, device=None, fast: bool = False):
-    kits = {"torch": _TorchKit, "tensorflow": _TFKit, "mxnet": _MXNetKit}
-    return kits[backend.FRAMEWORK](backend, net, lr, device, fast)
-
-
-def _cpu(backend):
-    # Comparisons run on the CPU in float32: a GPU's TF32 convolutions differ by ~1e-3.
-    # Torch and Gluon models are built on the CPU; TensorFlow would place ops on a GPU.
-    if backend.FRAMEWORK == "tensorflow":
-        import tensorflow as tf
-        return tf.device("/CPU:0")
-    return contextlib.nullcontext()
-
-
-class _TorchKit:
-    def __init__(self, backend, net, lr, device=None, fast=False):
-        import torch
-        self.torch, self.backend, self.net = torch, backend, net
-        self.device = torch.device(device or "cpu")
-        self.channels_last = fast      # about 2x faster for these convnets on CPU
-        net.to(self.device)
-        if fast:
-            net.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0)
-
-    def inputs(self, x, y):
-        X = self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-        if self.channels_last:
-            X = X.contiguous(memory_format=self.torch.channels_last)
-        return X, self.torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
-
-    def train_step(self, X, Y) -> float:
-        self.net.train()
-        loss = self.backend.loss_fn(self.net(X), Y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
-
-    def infer(self, X) -> float:
-        self.net.eval()
-        with self.torch.no_grad():
-            return float(self.net(X).sum())
-
-    def describe(self) -> str:
-        return f"{self.device}, {self.torch.get_num_threads()} thread(s)"
-
-
-class _TFKit:
-    def __init__(self, backend, net, lr, device=None, fast=False):
-        import keras
-        import tensorflow as tf
-        self.tf, self.backend, self.net = tf, backend, net
-        self.device = device or "/CPU:0"
-        self.opt = keras.optimizers.SGD(learning_rate=lr, momentum=0.0)
-        with tf.device(self.device):
-            self.opt.build(net.trainable_variables)   # variables outside the traced step
-        # Compiled, as the backend's train() runs it; traced on the first call.
-        self._step = tf.function(self._eager_step)
-        self._infer = tf.function(lambda X: tf.reduce_sum(net(X, training=False)))
-
-    def _eager_step(self, X, Y):
-        variables = self.net.trainable_variables
-        with self.tf.GradientTape() as tape:
-            loss = self.backend.loss_fn(self.net(X, training=True), Y)
-        self.opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    def inputs(self, x, y):
-        with self.tf.device(self.device):     # the models run NHWC
-            X = self.tf.constant(np.ascontiguousarray(np.asarray(x, np.float32)
-                                                      .transpose(0, 2, 3, 1)))
-            return X, self.tf.constant(np.asarray(y, np.int64))
-
-    def train_step(self, X, Y) -> float:
-        with self.tf.device(self.device):
-            return float(self._step(X, Y))
-
-    def infer(self, X) -> float:
-        with self.tf.device(self.device):
-            return float(self._infer(X))
-
-    def describe(self) -> str:
-        threads = (os.environ.get("TF_NUM_INTRAOP_THREADS")
-                   or self.tf.config.threading.get_intra_op_parallelism_threads() or "all")
-        return f"{self.device}, {threads} intra-op thread(s)"
-
-
-class _MXNetKit:
-    def __init__(self, backend, net, lr, device=None, fast=False):
-        import mxnet as mx
-        from mxnet import autograd, gluon
-        self.mx, self.autograd, self.backend, self.net = mx, autograd, backend, net
-        self.ctx = device or mx.cpu()
-        net.collect_params().reset_ctx(self.ctx)
-        self.trainer = gluon.Trainer(net.collect_params(), "sgd",
-                                     {"learning_rate": lr, "momentum": 0.0, "wd": 0.0})
-
-    def inputs(self, x, y):
-        return (self.backend.as_nd(np.asarray(x, np.float32), ctx=self.ctx),
-                self.backend.as_nd(np.asarray(y), ctx=self.ctx, dtype="int32"))
-
-    def train_step(self, X, Y) -> float:
-        with self.autograd.record():
-            loss = self.backend.loss_fn(self.net(X), Y)
-        # backward() sums the per-example losses and step(batch) divides by the batch
-        # size: the update of the mean loss, as in torch and Keras.
-        loss.backward()
-        self.trainer.step(X.shape[0])
-        return float(loss.mean().asscalar())
-
-    def infer(self, X) -> float:
-        return float(self.net(X).sum().asscalar())
-
-    def describe(self) -> str:
-        return f"{self.ctx}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}"
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E40
                      InceptionANet, Net, ResidualBlock, ResidualNet, VGG, build,
                      canonical_params, vgg_block)
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: E402,F401
+from .steps import StepKit, cpu_scope  # noqa: E402,F401
 
 FRAMEWORK = "mxnet"
 list_models = _registry.list_models

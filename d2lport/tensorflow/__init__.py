@@ -30,6 +30,7 @@ from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E40
                      InceptionANet, Net, ResidualBlock, ResidualNet, VGG, build, vgg_block)
 from .models import ConvLayer as _Conv, iter_leaves as _iter_leaves, nchw as _nchw  # noqa: E402
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: E402,F401
+from .steps import StepKit, cpu_scope  # noqa: E402,F401
 
 FRAMEWORK = "tensorflow"
 list_models = _registry.list_models

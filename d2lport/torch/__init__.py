@@ -20,6 +20,7 @@ from .data import (LABELS, FashionMNISTLoader, get_fashion_mnist_labels,  # noqa
 from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA, InceptionANet,  # noqa: F401
                      Net, ResidualBlock, ResidualNet, VGG, build, vgg_block)
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: F401
+from .steps import StepKit, cpu_scope  # noqa: F401
 
 FRAMEWORK = "torch"
 list_models = _registry.list_models
