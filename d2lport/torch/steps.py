@@ -20,6 +20,8 @@ class StepKit:
     def __init__(self, net, lr: float, device=None, fast: bool = False):
         self.torch, self.net = torch, net
         self.device = torch.device(device or "cpu")
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)   # as train() does: denormals are ~100x slower
         self.channels_last = fast      # about 2x faster for these convnets on CPU
         net.to(self.device)
         if fast:

