@@ -9,8 +9,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks bench clean
 
-# The venv is rebuilt only when the pins or the project metadata change.
+# The venv is rebuilt only when the pins or the project metadata change; Debian's graphviz
+# (for the chapters' pictures) is installed when missing, as root.
 setup: $(STAMP)
+	@bash scripts/system_deps.sh || echo "(continuing: only the notebooks need it)"
 $(STAMP): requirements/all.txt requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/all.txt -c requirements/lock.txt
@@ -52,6 +54,9 @@ notebooks: setup data
 
 test-notebooks: setup data
 	bash scripts/notebooks.sh test $(PY)
+
+notebooks-check: setup
+	bash scripts/notebooks.sh check $(PY)
 
 bench: setup data
 	$(PY) -m d2lport.cli bench googlenet --batch-size 64 --steps 3

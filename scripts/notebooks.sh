@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Chapters -> per-framework notebooks, and their test.
+#
+#   scripts/notebooks.sh build PY   chapters/*.md -> notebooks/<framework>/<chapter>.ipynb
+#                                   (filter + jupytext), then execute each (nbconvert)
+#   scripts/notebooks.sh test PY    fail if any notebook is out of date with its chapter or
+#                                   the spec, then run every notebook with nbval in smoke mode
+#   scripts/notebooks.sh check PY   only the out-of-date check (no execution)
+#
+# PY is the project's Python (make passes .venv/bin/python).  Environment:
+#   D2LPORT_SMOKE=1      smoke settings (small subset, one epoch); `test` always sets it.
+#                        `build` passes it through: unset, notebooks run the book's full
+#                        settings on whatever device each framework sees.
+#   FRAMEWORKS="torch tensorflow mxnet"   which notebooks (default: all three)
+#   CHAPTERS="1_vgg 3_advanced_cnn"       which chapters (default: all of chapters/[0-9]*.md)
+#   NB_TIMEOUT=seconds   per-cell limit when executing (default: none for build, 900 for test)
+#
+# The filter (python -m d2lport.notebook md CHAPTER FRAMEWORK) keeps the code blocks of one
+# framework (`#@tab` convention, see chapters/README.md); jupytext turns that Markdown into
+# the notebook; `--update` keeps the cell ids of an existing notebook stable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { echo "usage: $0 build|test|check PYTHON" >&2; exit 2; }
+[[ $# -ge 1 ]] || usage
+cmd=$1
+PY=${2:-.venv/bin/python}
+[[ -x $PY ]] || PY=$(command -v "$PY" || true)
+[[ -n $PY && -x $PY ]] || { echo "notebooks.sh: no Python at '${2:-}'" >&2; exit 2; }
+
+FRAMEWORKS=${FRAMEWORKS:-"torch tensorflow mxnet"}
+CHAPTERS=${CHAPTERS:-$("$PY" -m d2lport.notebook list)}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export D2LPORT_PROGRESS=0
+export PYDEVD_DISABLE_FILE_VALIDATION=1
+
+need() {
+  "$PY" - "$@" <<'EOF' || exit 2
+import importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"notebooks.sh: {', '.join(missing)} missing in {sys.executable}: "
+             "pip install 'd2lport[notebooks]' (or make setup)")
+EOF
+}
+
+seconds() { date +%s; }
+
+case $cmd in
+  build)
+    need jupytext nbconvert nbclient ipykernel graphviz matplotlib
+    command -v dot >/dev/null || { echo "notebooks.sh: Graphviz' dot is missing (apt-get install graphviz)" >&2; exit 2; }
+    "$PY" -m d2lport.notebook sync
+    start=$(seconds)
+    for fw in $FRAMEWORKS; do
+      mkdir -p "notebooks/$fw"
+      for ch in $CHAPTERS; do
+        out="notebooks/$fw/$ch.ipynb"
+        t0=$(seconds)
+        "$PY" -m d2lport.notebook md "chapters/$ch.md" "$fw" \
+          | "$PY" -m jupytext --quiet --from md --to ipynb --set-kernel python3 --update \
+              --output "$out" -
+        # nbconvert runs the kernel in the notebook's folder; no timing metadata, and the
+        # previous run's cell metadata other than tags (what --update kept) is cleared.
+        "$PY" -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
+          --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False \
+          --ExecutePreprocessor.timeout="${NB_TIMEOUT:--1}" \
+          --ClearMetadataPreprocessor.enabled=True \
+          --ClearMetadataPreprocessor.clear_notebook_metadata=False \
+          --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags "$out"
+        echo "executed $out in $(( $(seconds) - t0 )) s (D2LPORT_SMOKE=${D2LPORT_SMOKE:-unset})"
+      done
+    done
+    echo "notebooks built in $(( $(seconds) - start )) s"
+    ;;
+  check)
+    need jupytext graphviz
+    "$PY" -m d2lport.notebook check --frameworks "${FRAMEWORKS// /,}"
+    ;;
+  test)
+    need jupytext nbval graphviz ipykernel
+    start=$(seconds)
+    "$PY" -m d2lport.notebook check --frameworks "${FRAMEWORKS// /,}"
+    status=0
+    for fw in $FRAMEWORKS; do
+      files=()
+      for ch in $CHAPTERS; do files+=("notebooks/$fw/$ch.ipynb"); done
+      t0=$(seconds)
+      # One pytest (and one kernel per notebook) per framework: TensorFlow and MXNet
+      # never meet in one process.
+      D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+        --nbval-cell-timeout="${NB_TIMEOUT:-900}" "${files[@]}" || status=1
+      echo "notebooks/$fw: $(( $(seconds) - t0 )) s"
+    done
+    echo "notebook tests: $(( $(seconds) - start )) s in all"
+    exit $status
+    ;;
+  *) usage ;;
+esac
