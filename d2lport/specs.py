@@ -15,7 +15,7 @@ This module imports no framework.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 # BatchNorm constants shared by all backends, in torch's convention

@@ -4,90 +4,26 @@ PyTorch runs only in a child process (one for all reference outputs, plus the wo
 the weight round trip); this process imports TensorFlow and never torch or MXNet.
 """
 import ast
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from d2lport import registry, specs, weights, worker
+from d2lport import specs, worker
 from d2lport.specs import InputShapeError
+from torch_reference import CASE_IDS, CASES, ROOT, assert_close, inputs, torch_reference
 
 pytestmark = pytest.mark.tensorflow
 
 d2p = pytest.importorskip("d2lport.tensorflow")
 tf = pytest.importorskip("tensorflow")
-ROOT = Path(__file__).resolve().parent.parent
-BATCH = 2
-VGG_SMALL = dict(width_ratio=8, image_size=32)   # cheap VGG; the FC layers stay 4096 wide
-
-
-def _cases():
-    """(id, model, kwargs): every registered model at its default input shape (VGG narrow,
-    32 px), plus the BatchNorm variants and one VGG at 224 px (a 7x7 flatten)."""
-    cases = [(n, n, dict(VGG_SMALL) if n.startswith("vgg") else {})
-             for n in registry.list_models()]
-    cases += [("googlenet_v1_bn", "googlenet_v1", dict(batch_norm=True)),
-              ("vgg11_bn", "vgg11", dict(VGG_SMALL, batch_norm=True)),
-              ("vgg11_224", "vgg11", dict(width_ratio=8))]
-    return cases
-
-
-CASES = _cases()
 RESIZES = (96, 20)     # Fashion-MNIST's 28 px up (GoogLeNet) and down
-
-
-def _inputs(model, kwargs, seed=1):
-    """Seeded canonical weights and NCHW input; the torch script repeats these lines, so
-    nothing large travels between the processes."""
-    spec = registry.get_spec(model, **kwargs)
-    x = np.random.default_rng(seed).standard_normal((BATCH,) + spec.input_shape)
-    return weights.random_weights(spec, seed=seed), x.astype(np.float32)
-
-
-# Reference outputs of every case from ONE torch process (a process per case would spend
-# most of the time importing torch).  ``eval()`` explicitly: d2lport.torch.block_outputs
-# runs in the module's current mode, and a new torch module is in training mode.
-_TORCH_SCRIPT = """
-import json, sys
-import numpy as np
-import d2lport.torch as d2p
-from d2lport import registry, weights
-out, rows = {{}}, {{}}
-for case, model, kwargs in json.loads(sys.argv[1]):
-    spec = registry.get_spec(model, **kwargs)
-    x = np.random.default_rng(1).standard_normal(({batch},) + spec.input_shape)
-    w, x = weights.random_weights(spec, seed=1), x.astype(np.float32)
-    net = d2p.set_weights(d2p.create_model(model, **kwargs), w).eval()
-    for name, value in d2p.block_outputs(net, x, include_aux=True).items():
-        out[case + "/" + name] = value
-    rows[case] = [r.as_tuple() for r in d2p.layer_shapes(net, x.shape)]
-images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-for size in {resizes}:
-    out["resize/%d" % size] = d2p.to_tensor(images, size).numpy()
-out["rows"] = np.frombuffer(json.dumps(rows).encode(), np.uint8)
-np.savez(sys.argv[2], **out)
-"""
 
 
 @pytest.fixture(scope="module")
 def torch_ref(tmp_path_factory):
-    if not registry.framework_available("torch"):
-        pytest.skip("PyTorch is not installed: no reference outputs")
-    path = tmp_path_factory.mktemp("torch") / "ref.npz"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([worker.python_for("torch"), "-c",
-                           _TORCH_SCRIPT.format(batch=BATCH, resizes=RESIZES),
-                           json.dumps(CASES), str(path)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(path) as z:
-        ref = {k: z[k] for k in z.files}
-    ref["rows"] = json.loads(bytes(ref["rows"]).decode())
-    return ref
+    return torch_reference(tmp_path_factory.mktemp("torch"), RESIZES)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +33,7 @@ def nets():
 
     def get(case, model, kwargs):
         if case not in cache:
-            w, _ = _inputs(model, kwargs)
+            w, _ = inputs(model, kwargs)
             cache[case] = d2p.set_weights(d2p.create_model(model, **kwargs), w)
         return cache[case]
     yield get
@@ -106,23 +42,18 @@ def nets():
 
 # --------------------------------------------------------------------------- parity
 @pytest.mark.parity
-@pytest.mark.parametrize("case,model,kwargs", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,model,kwargs", CASES, ids=CASE_IDS)
 def test_block_outputs_match_torch(torch_ref, nets, case, model, kwargs):
-    w, x = _inputs(model, kwargs)
+    w, x = inputs(model, kwargs)
     net = nets(case, model, kwargs)
     out = d2p.block_outputs(net, x, include_aux=True)
     assert list(out) == [r.name for r in specs.infer(net.spec)]   # aux heads after their taps
-    for name, got in out.items():
-        ref = torch_ref[f"{case}/{name}"]
-        assert got.shape == ref.shape, name
-        scale = max(1.0, float(np.abs(ref).max()))
-        diff = float(np.abs(got - ref).max())
-        assert diff <= 1e-4 * scale, f"{case}.{name}: max abs diff {diff:.3g} (scale {scale:.3g})"
+    assert_close(case, out, torch_ref)
 
 
-@pytest.mark.parametrize("case,model,kwargs", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,model,kwargs", CASES, ids=CASE_IDS)
 def test_params_rows_and_weights(torch_ref, nets, case, model, kwargs):
-    w, x = _inputs(model, kwargs)
+    w, x = inputs(model, kwargs)
     net = nets(case, model, kwargs)
     assert d2p.count_params(net) == specs.count_params(net.spec)
     rows = [r.as_tuple() for r in d2p.layer_shapes(net, x.shape)]
