@@ -47,6 +47,19 @@ def format_table(rows: Sequence[Row], title: str = "") -> str:
     return "\n".join(lines)
 
 
+def batch_shape(spec: specs.NetSpec, input_shape: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """``input_shape`` as a tuple, or one example of the shape the net is built for."""
+    return tuple(input_shape) if input_shape is not None else (1,) + tuple(spec.input_shape)
+
+
+def print_summary(spec: specs.NetSpec, rows: Sequence[Row], framework: str,
+                  input_shape: Optional[Sequence[int]] = None, print_fn=print) -> List[Row]:
+    """Every backend's ``summary``: print the block table under one title format."""
+    shape = ", ".join(str(s) for s in batch_shape(spec, input_shape))
+    print_fn(format_table(rows, f"{spec.name} ({framework}), input ({shape})"))
+    return list(rows)
+
+
 def check_input_shape(spec: specs.NetSpec, nchw: Sequence[int]) -> None:
     """Raise InputShapeError with the size a network takes when (N, C, H, W) cannot work."""
     if len(nchw) != 4:

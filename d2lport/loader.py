@@ -48,6 +48,28 @@ class ArrayBatches:
             yield self.images[idx], self.labels[idx]
 
 
+class BatchLoader:
+    """Base of the backends' Fashion-MNIST loaders: iterates :class:`ArrayBatches` and
+    converts each whole batch with ``convert(images, labels)`` (the framework's part)."""
+
+    def __init__(self, batches: ArrayBatches, resize=None):
+        self.batches, self.resize = batches, resize
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @property
+    def num_examples(self) -> int:
+        return self.batches.num_examples
+
+    def convert(self, images: np.ndarray, labels: np.ndarray):
+        raise NotImplementedError
+
+    def __iter__(self):
+        for images, labels in self.batches:
+            yield self.convert(images, labels)
+
+
 def fashion_mnist_splits(limit: Optional[int] = None, seed: int = 0, root=None):
     """(train_images, train_labels, test_images, test_labels); ``limit`` keeps a seeded
     subset of at most ``limit`` examples of each split (the same subset in every framework)."""

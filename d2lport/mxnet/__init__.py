@@ -49,7 +49,8 @@ import numpy as _np  # noqa: E402
 
 from .. import registry as _registry  # noqa: E402
 from .. import weights as _weights  # noqa: E402
-from ..common import AuxOutputs, History, Row, format_table, plot_history  # noqa: E402,F401
+from ..common import (AuxOutputs, History, Row, batch_shape,  # noqa: E402,F401
+                      format_table, plot_history, print_summary)
 from .data import (LABELS, FashionMNISTLoader, as_nd,  # noqa: E402,F401
                    get_fashion_mnist_labels, load_data_fashion_mnist, to_tensor)
 from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E402,F401
@@ -101,7 +102,7 @@ def count_params(block) -> int:
 def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
     """One row per block: name, per-example output shape (C, H, W) or (F,), parameters.
     Shapes are measured by running a zero batch through the network in inference mode."""
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
+    shape = batch_shape(net.spec, input_shape)
     with _mx.autograd.pause(train_mode=False):
         outs = net.forward_blocks(_mx.nd.zeros(shape, ctx=_ctx(net)), include_aux=True)
     return [Row(name, tuple(out.shape[1:]), count_params(net.block(name)))
@@ -110,11 +111,8 @@ def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
 
 def summary(net: Net, input_shape: Sequence[int] = None, print_fn=print) -> List[Row]:
     """Print the block table (D2L's layer-by-layer shapes) and return its rows."""
-    rows = layer_shapes(net, input_shape)
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
-    print_fn(format_table(rows, f"{net.spec.name} (mxnet), input "
-                                f"({', '.join(str(s) for s in shape)})"))
-    return rows
+    return print_summary(net.spec, layer_shapes(net, input_shape), FRAMEWORK, input_shape,
+                         print_fn)
 
 
 def get_weights(net: Net) -> Dict[str, _np.ndarray]:

@@ -1,13 +1,13 @@
 """Fashion-MNIST as MXNet batches: float32 NCHW in [0, 1], resized on whole batches."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 
 from .. import data as _data
-from ..loader import ArrayBatches, check_resize, fashion_mnist_splits
+from ..loader import ArrayBatches, BatchLoader, check_resize, fashion_mnist_splits
 
 LABELS = _data.LABELS
 
@@ -42,23 +42,12 @@ def to_tensor(images: np.ndarray, resize=None) -> mx.nd.NDArray:
     return x
 
 
-class FashionMNISTLoader:
+class FashionMNISTLoader(BatchLoader):
     """Iterable of ``(X float32 (B, 1, H, W), y int32 (B,))`` NDArrays on the CPU, with a
     per-epoch reshuffle (``train`` moves them to the device)."""
 
-    def __init__(self, batches: ArrayBatches, resize=None):
-        self.batches, self.resize = batches, resize
-
-    def __len__(self):
-        return len(self.batches)
-
-    @property
-    def num_examples(self):
-        return self.batches.num_examples
-
-    def __iter__(self) -> Iterator[Tuple[mx.nd.NDArray, mx.nd.NDArray]]:
-        for images, labels in self.batches:
-            yield to_tensor(images, self.resize), as_nd(labels, dtype="int32")
+    def convert(self, images, labels) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
+        return to_tensor(images, self.resize), as_nd(labels, dtype="int32")
 
 
 def load_data_fashion_mnist(batch_size: int, resize=None, limit: Optional[int] = None,

@@ -23,7 +23,8 @@ import tensorflow as _tf  # noqa: E402
 
 from .. import registry as _registry  # noqa: E402
 from .. import weights as _weights  # noqa: E402
-from ..common import AuxOutputs, History, Row, format_table, plot_history  # noqa: E402,F401
+from ..common import (AuxOutputs, History, Row, batch_shape,  # noqa: E402,F401
+                      format_table, plot_history, print_summary)
 from .data import (LABELS, FashionMNISTLoader, get_fashion_mnist_labels,  # noqa: E402,F401
                    load_data_fashion_mnist, to_tensor)
 from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E402,F401
@@ -72,7 +73,7 @@ def count_params(layer) -> int:
 def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
     """One row per block: name, per-example output shape (C, H, W) or (F,), parameters,
     for an (N, C, H, W) input (measured by running a zero batch through the network)."""
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
+    shape = batch_shape(net.spec, input_shape)
     outs = net.forward_blocks(_to_nhwc(_np.zeros(shape, _np.float32)), include_aux=True)
     return [Row(name, tuple(int(s) for s in _nchw(out.shape[1:])), count_params(net.block(name)))
             for name, out in outs.items()]
@@ -80,11 +81,8 @@ def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
 
 def summary(net: Net, input_shape: Sequence[int] = None, print_fn=print) -> List[Row]:
     """Print the block table (the same rows as the other backends) and return its rows."""
-    rows = layer_shapes(net, input_shape)
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
-    print_fn(format_table(rows, f"{net.spec.name} (tensorflow), input "
-                                f"({', '.join(str(s) for s in shape)})"))
-    return rows
+    return print_summary(net.spec, layer_shapes(net, input_shape), FRAMEWORK, input_shape,
+                         print_fn)
 
 
 # --------------------------------------------------------------------------- weights

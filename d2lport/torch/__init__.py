@@ -14,7 +14,8 @@ import torch as _torch
 from .. import registry as _registry
 from .. import specs as _specs
 from .. import weights as _weights
-from ..common import AuxOutputs, History, Row, format_table, plot_history  # noqa: F401
+from ..common import (AuxOutputs, History, Row, batch_shape, format_table,  # noqa: F401
+                      plot_history, print_summary)
 from .data import (LABELS, FashionMNISTLoader, get_fashion_mnist_labels,  # noqa: F401
                    load_data_fashion_mnist, to_tensor)
 from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA, InceptionANet,  # noqa: F401
@@ -58,7 +59,7 @@ def count_params(module) -> int:
 def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
     """One row per block: name, per-example output shape (C, H, W) or (F,), parameters.
     Shapes are measured by running a zero batch through the network."""
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
+    shape = batch_shape(net.spec, input_shape)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -70,14 +71,8 @@ def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
 
 def summary(net: Net, input_shape: Sequence[int] = None, print_fn=print) -> List[Row]:
     """Print the block table (D2L's layer-by-layer shapes) and return its rows."""
-    rows = layer_shapes(net, input_shape)
-    shape = tuple(input_shape) if input_shape is not None else (1,) + tuple(net.spec.input_shape)
-    print_fn(format_table(rows, f"{net.spec.name} (torch), input {_fmt(shape)}"))
-    return rows
-
-
-def _fmt(shape):
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return print_summary(net.spec, layer_shapes(net, input_shape), FRAMEWORK, input_shape,
+                         print_fn)
 
 
 def get_weights(net: Net) -> Dict[str, _np.ndarray]:

@@ -1,14 +1,14 @@
 """Fashion-MNIST as PyTorch batches: float32 NCHW in [0, 1], resized on whole batches."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from .. import data as _data
-from ..loader import ArrayBatches, check_resize, fashion_mnist_splits
+from ..loader import ArrayBatches, BatchLoader, check_resize, fashion_mnist_splits
 
 LABELS = _data.LABELS
 
@@ -28,22 +28,11 @@ def to_tensor(images: np.ndarray, resize=None) -> torch.Tensor:
     return x
 
 
-class FashionMNISTLoader:
+class FashionMNISTLoader(BatchLoader):
     """Iterable of ``(X float32 (B, 1, H, W), y int64 (B,))`` with a per-epoch reshuffle."""
 
-    def __init__(self, batches: ArrayBatches, resize=None):
-        self.batches, self.resize = batches, resize
-
-    def __len__(self):
-        return len(self.batches)
-
-    @property
-    def num_examples(self):
-        return self.batches.num_examples
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.batches:
-            yield to_tensor(images, self.resize), torch.from_numpy(labels)
+    def convert(self, images, labels) -> Tuple[torch.Tensor, torch.Tensor]:
+        return to_tensor(images, self.resize), torch.from_numpy(labels)
 
 
 def load_data_fashion_mnist(batch_size: int, resize=None, limit: Optional[int] = None,
