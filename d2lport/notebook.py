@@ -188,6 +188,40 @@ def report(history) -> str:
             f"on {history.device}")
 
 
+def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> str:
+    """Check that ``mine``, a network built from a class typed into the notebook, is
+    ``d2p.create_model(name, **kwargs)``: the same canonical parameter names and shapes, the
+    same parameter count and, with the package model's weights loaded, the same output.
+    Raises AssertionError naming the first difference; returns (and prints) one line."""
+    ref = d2p.create_model(name, seed=0, **kwargs)
+    theirs, ours = d2p.get_weights(ref), d2p.get_weights(mine)
+    if list(theirs) != list(ours):
+        extra = sorted(set(ours) - set(theirs))[:3]
+        missing = sorted(set(theirs) - set(ours))[:3]
+        order = "" if extra or missing else " (the same names in another order)"
+        raise AssertionError(f"parameter names differ{order}: extra {extra}, missing {missing}")
+    for key in theirs:
+        if theirs[key].shape != ours[key].shape:
+            raise AssertionError(f"{key}: shape {ours[key].shape}, the package has "
+                                 f"{theirs[key].shape}")
+    if d2p.count_params(mine) != d2p.count_params(ref):
+        raise AssertionError(f"{d2p.count_params(mine):,} parameters, the package has "
+                             f"{d2p.count_params(ref):,}")
+    d2p.set_weights(mine, theirs)
+    x = np.random.default_rng(0).standard_normal((2,) + tuple(ref.spec.input_shape))
+    x = x.astype(np.float32)
+    a, b = np.asarray(d2p.logits(mine, x)), np.asarray(d2p.logits(ref, x))
+    diff = float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf")
+    if not diff <= tol * max(1.0, float(np.max(np.abs(b)))):
+        raise AssertionError(f"outputs differ by up to {diff:.3g}")
+    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    line = (f"{type(mine).__name__} typed here = d2p.create_model({name!r}{args}): "
+            f"{len(theirs)} weight arrays with the same names and shapes, "
+            f"{d2p.count_params(ref):,} parameters, the same output for the same weights")
+    print(line)
+    return line
+
+
 # =========================================================================== static outputs
 class Markdown:
     """Markdown text that Jupyter renders (``_repr_markdown_``) and ``print`` shows raw."""
@@ -262,6 +296,10 @@ FENCE = re.compile(r"^(`{3,})\s*([A-Za-z0-9_+-]*)(.*)$")
 TAB = re.compile(r"^\s*#@tab\s+(.+?)\s*$")
 STATIC_BEGIN = re.compile(r"^<!--\s*static:\s*([A-Za-z0-9_]+)\s*-->\s*$")
 STATIC_END = re.compile(r"^<!--\s*/static\s*-->\s*$")
+# A code block's line (after ``#@tab``) naming package source it shows:
+# ``#@source d2lport/torch/googlenet.py Inception GoogLeNet``.  ``sync`` copies those
+# top-level classes/functions into the block; ``check`` fails when the copy drifts.
+SOURCE = re.compile(r"^\s*#@source\s+(\S+)\s+(.+?)\s*$")
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 
 
@@ -438,13 +476,62 @@ def sync_static(text: str, where: str = "") -> str:
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
+def package_source(path: str, names: Sequence[str]) -> str:
+    """The source of the top-level classes/functions ``names`` of the package file ``path``
+    (relative to the repository), decorators included, in the order asked."""
+    import ast
+    file = ROOT / path
+    if not file.is_file():
+        raise ChapterError(f"#@source: no file {path}")
+    text = file.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    nodes = {n.name: n for n in ast.parse(text).body
+             if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    parts = []
+    for name in names:
+        if name not in nodes:
+            raise ChapterError(f"#@source: {path} has no top-level class or function {name!r} "
+                               f"(it has {', '.join(nodes)})")
+        node = nodes[name]
+        first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        parts.append("\n".join(lines[first - 1:node.end_lineno]))
+    return "\n\n\n".join(parts)
+
+
+def sync_sources(text: str, where: str = "") -> str:
+    """The chapter text with every ``#@source`` block's body copied anew from the package."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        fm = FENCE.match(lines[i])
+        out.append(lines[i])
+        i += 1
+        if not fm or fm.group(2) != "python":
+            continue
+        fence = fm.group(1)
+        end = i
+        while end < len(lines) and lines[end].strip() != fence:
+            end += 1
+        body = lines[i:end]
+        head = 1 if body and TAB.match(body[0]) else 0
+        m = SOURCE.match(body[head]) if len(body) > head else None
+        if m:
+            try:
+                body = body[:head + 1] + package_source(m.group(1), m.group(2).split()).splitlines()
+            except ChapterError as err:
+                raise ChapterError(f"{where}:{i + head + 1}: {err}") from None
+        out += body
+        i = end
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
 def sync(chapters: Iterable[Path] = None) -> List[str]:
-    """Recompute static regions in the chapters and the figures; returns what changed."""
+    """Recompute static regions, the package code the chapters show, and the figures;
+    returns what changed."""
     from .draw import draw
     changed = []
     for chapter in chapters or chapter_files():
         text = chapter.read_text(encoding="utf-8")
-        new = sync_static(text, chapter.name)
+        new = sync_sources(sync_static(text, chapter.name), chapter.name)
         if new != text:
             chapter.write_text(new, encoding="utf-8")
             changed.append(str(chapter.relative_to(ROOT)))
@@ -477,6 +564,9 @@ def check(frameworks: Sequence[str] = FRAMEWORKS, chapters: Iterable[Path] = Non
             if sync_static(text, str(rel)) != text:
                 problems.append(f"{rel}: a static region is stale (the spec changed): run "
                                 "`make notebooks` (or python -m d2lport.notebook sync)")
+            if sync_sources(text, str(rel)) != text:
+                problems.append(f"{rel}: a #@source block differs from the package's code: "
+                                "run `make notebooks` (or python -m d2lport.notebook sync)")
         except ChapterError as err:
             problems.append(str(err))
             continue

@@ -139,6 +139,50 @@ def test_filter_refuses_unknown_frameworks_and_shell_blocks():
         nb.code_blocks("```bash\nmake\n```\n", "x")
 
 
+# What each chapter teaches, shown in every framework's tab as the package's own code.
+TAUGHT = {"1_vgg": {"vgg_block", "VGG"},
+          "2_googlenet": {"Inception", "GoogLeNet"},
+          "3_advanced_cnn": {"InceptionA", "ResidualBlock"}}
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c.stem in TAUGHT],
+                         ids=lambda p: p.stem)
+def test_every_framework_tab_shows_the_package_class_code(chapter):
+    shown = {fw: set() for fw in nb.FRAMEWORKS}
+    for block in nb.code_blocks(chapter.read_text(encoding="utf-8")):
+        first = block["code"].splitlines()[0] if block["code"] else ""
+        m = nb.SOURCE.match(first)
+        if not m:
+            continue
+        path, names = m.group(1), m.group(2).split()
+        for fw in block["tabs"]:
+            assert path.startswith(f"d2lport/{fw}/"), (chapter.name, fw, path)
+            shown[fw] |= set(names)
+            # the block holds exactly the package's current code, and it defines the names
+            assert block["code"].split("\n", 1)[1] == nb.package_source(path, names)
+            for name in names:
+                assert f"class {name}(" in block["code"] or f"def {name}(" in block["code"]
+    for fw, names in shown.items():
+        assert TAUGHT[chapter.stem] <= names, (chapter.name, fw, TAUGHT[chapter.stem] - names)
+
+
+def test_source_blocks_are_copied_from_the_package_and_drift_is_caught(tmp_path, monkeypatch):
+    pkg = tmp_path / "d2lport" / "torch"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("import x\n\n\n@dec\nclass A(B):\n    pass\n\n\n"
+                              "def f(y):\n    return y\n")
+    monkeypatch.setattr(nb, "ROOT", tmp_path)
+    text = "```python\n#@tab torch\n#@source d2lport/torch/m.py A f\nstale\n```\n"
+    synced = nb.sync_sources(text)
+    assert synced == ("```python\n#@tab torch\n#@source d2lport/torch/m.py A f\n@dec\n"
+                      "class A(B):\n    pass\n\n\ndef f(y):\n    return y\n```\n")
+    assert nb.sync_sources(synced) == synced
+    with pytest.raises(nb.ChapterError, match="no top-level class or function 'C'"):
+        nb.sync_sources(text.replace(" A f", " C"))
+    with pytest.raises(nb.ChapterError, match="no file"):
+        nb.sync_sources(text.replace("m.py", "n.py"))
+
+
 def test_static_regions_are_recomputed_from_the_spec(monkeypatch):
     text = "<!-- static: vgg_configurations -->\nold\n<!-- /static -->\n"
     synced = nb.sync_static(text)
