@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # ``d2lport.compare(...)`` is loaded on first use, so ``import d2lport`` stays light
-    # (it imports no framework either way).  The submodule is callable and calls
+    # (it imports no framework either way).  The subpackage is callable and calls
     # ``compare.compare``: one object whichever way it is imported (``import
     # d2lport.compare as m`` binds the package attribute, so it could not be a function).
     if name == "compare":

@@ -66,13 +66,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    kwargs = _parse_kv(args.k)
     shape = _parse_shape(args.input)
-    if shape is not None:   # build the model for the input asked about
-        if registry.accepts(args.model, "in_channels"):
-            kwargs.setdefault("in_channels", shape[1])
-        if registry.accepts(args.model, "image_size") and not registry.get_spec(args.model).any_size:
-            kwargs.setdefault("image_size", shape[2])
+    # build the model for the input asked about
+    kwargs = registry.fit_kwargs(args.model, shape, **_parse_kv(args.k))
     if args.framework == "spec":
         spec = registry.get_spec(args.model, **kwargs)
         shape = shape or (1,) + spec.input_shape
@@ -87,16 +83,9 @@ def cmd_shapes(args) -> int:
 
 def cmd_train(args) -> int:
     backend = registry.backend(args.framework)
-    kwargs = _parse_kv(args.k)
-    spec0 = registry.get_spec(args.model, **{k: v for k, v in kwargs.items()
-                                             if k not in ("num_classes", "in_channels")})
-    resize = args.resize or spec0.input_shape[1]
     # Fashion-MNIST: one channel, ten classes; fixed-size nets are built for the resize.
-    for key, value in (("num_classes", 10), ("in_channels", 1)):
-        if registry.accepts(args.model, key):
-            kwargs.setdefault(key, value)
-    if not spec0.any_size and registry.accepts(args.model, "image_size"):
-        kwargs.setdefault("image_size", resize)
+    kwargs, resize = registry.kwargs_for_data(args.model, args.resize, channels=1,
+                                              num_classes=10, **_parse_kv(args.k))
     net = backend.create_model(args.model, seed=args.seed, **kwargs)
     train_iter, test_iter = backend.load_data_fashion_mnist(
         args.batch_size, resize=None if resize == 28 else resize, limit=args.limit,
@@ -111,8 +100,7 @@ def cmd_train(args) -> int:
     print(history)
     if args.save:
         # The meta must rebuild the model: an alias (vgg_d2l) expands to its fixed kwargs.
-        from .compare import resolve
-        path = backend.save_weights(net, args.save, kwargs=resolve(args.model, kwargs)[1])
+        path = backend.save_weights(net, args.save, kwargs=registry.expand(args.model, kwargs)[1])
         print(f"weights saved to {path}")
     if args.plot:
         from .common import plot_history

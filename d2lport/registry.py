@@ -1,7 +1,10 @@
-"""Model registry: name -> spec factory; ``create_model`` hands the spec to a framework.
+"""Model registry: name -> spec factory; ``create_model`` asks a framework's backend for it.
 
 Like timm's ``create_model``: one namespace of names for every framework, keyword arguments
 passed to the spec factory (``num_classes``, ``in_channels``, ``image_size``, ...).
+:func:`fit_kwargs` and :func:`kwargs_for_data` are the one place where a model's keyword
+arguments are fitted to an input or a data set (``d2lport shapes --input``, ``d2lport
+train``, ``d2lport compare --input``).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import inspect
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import specs
 
@@ -96,6 +99,42 @@ def accepts(name: str, keyword: str) -> bool:
     return keyword in inspect.signature(factory).parameters
 
 
+def expand(name: str, kwargs: Optional[dict] = None) -> Tuple[str, dict]:
+    """(registered name, keyword arguments) with an alias expanded (``vgg_d2l`` -> vgg11 with
+    width_ratio=4, ...), so that a worker or a weight file's meta can rebuild the model."""
+    key, fixed = resolve(name)
+    return key, {**fixed, **(kwargs or {})}
+
+
+def fit_kwargs(name: str, input_shape: Optional[Sequence[int]] = None, **kwargs) -> dict:
+    """``kwargs`` completed to build ``name`` for an (N, C, H, W) input: its channels, and
+    its size for a net whose classifier depends on it.  Keywords given win."""
+    kwargs = dict(kwargs)
+    if input_shape is None:
+        return kwargs
+    if len(input_shape) != 4:
+        raise specs.InputShapeError(f"input_shape is (N, C, H, W), got {tuple(input_shape)}")
+    if accepts(name, "in_channels"):
+        kwargs.setdefault("in_channels", int(input_shape[1]))
+    if accepts(name, "image_size") and not get_spec(name, **kwargs).any_size:
+        kwargs.setdefault("image_size", int(input_shape[2]))
+    return kwargs
+
+
+def kwargs_for_data(name: str, image_size: Optional[int] = None, channels: int = 1,
+                    num_classes: int = 10, **kwargs) -> Tuple[dict, int]:
+    """``(kwargs, side)`` to train ``name`` on square ``channels``-channel images of
+    ``num_classes`` classes (Fashion-MNIST by default) resized to ``image_size`` (default:
+    the model's own input size, which is then ``side``).  Keywords given win."""
+    side = image_size or get_spec(name, **{k: v for k, v in kwargs.items()
+                                           if k not in ("num_classes", "in_channels")}
+                                  ).input_shape[1]
+    kwargs = dict(kwargs)
+    if accepts(name, "num_classes"):
+        kwargs.setdefault("num_classes", num_classes)
+    return fit_kwargs(name, (1, channels, side, side), **kwargs), side
+
+
 def get_spec(name: str, **kwargs) -> specs.NetSpec:
     """The framework-neutral spec of a registered model, with keyword arguments applied."""
     key, fixed = resolve(name)
@@ -138,6 +177,8 @@ def backend(framework: str):
 
 
 def create_model(name: str, framework: str = "torch", **kwargs):
-    """Build a registered model as a native model of ``framework``."""
-    spec = get_spec(name, **kwargs)
-    return backend(framework).build(spec)
+    """A registered model as a native model of ``framework``: that backend's hand-written
+    class, from ``d2lport.<framework>.create_model(name, **kwargs)`` (``seed=`` and the
+    backend's own options pass through).  An unknown name fails before any framework import."""
+    resolve(name)
+    return backend(framework).create_model(name, **kwargs)

@@ -100,36 +100,13 @@ def _serve(directory: str) -> None:
 
 # --------------------------------------------------------------------------- tasks
 @task
-def blocks(backend, arrays, model: str, kwargs: dict = None, include_aux: bool = False):
-    """Load canonical weights ``arrays['w:<key>']``, run ``arrays['x']`` (NCHW) in inference
-    mode, return every block's output and the trainable parameter count per block."""
-    net = backend.create_model(model, **(kwargs or {}))
-    weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w:")}
-    if weights:
-        backend.set_weights(net, weights)
-    outs = backend.block_outputs(net, arrays["x"], include_aux=include_aux)
-    rows = [r.as_tuple() for r in backend.layer_shapes(net, arrays["x"].shape)]
-    return outs, {"rows": rows, "params": backend.count_params(net)}
-
-
-@task
 def weights(backend, arrays, model: str, kwargs: dict = None, seed: int = 0):
     """The canonical weights of a freshly built model (or of ``arrays`` round-tripped)."""
     net = backend.create_model(model, seed=seed, **(kwargs or {}))
-    given = {k[2:]: v for k, v in arrays.items() if k.startswith("w:")}
+    given = _canonical(arrays)
     if given:
         backend.set_weights(net, given)
     return backend.get_weights(net), {}
-
-
-def run_blocks(framework: str, model: str, x: np.ndarray, weights: Dict[str, np.ndarray] = None,
-               include_aux: bool = False, **kwargs):
-    """Per-block outputs of ``model`` in ``framework`` for canonical ``weights`` and NCHW
-    input ``x``: ``(OrderedDict name -> array, meta)``."""
-    arrays = {"x": np.asarray(x, np.float32)}
-    arrays.update({f"w:{k}": v for k, v in (weights or {}).items()})
-    return run(framework, "blocks", arrays, model=model, kwargs=kwargs, include_aux=include_aux)
-
 
 
 # --------------------------------------------------------------------------- availability
@@ -248,19 +225,13 @@ def compare_blocks(backend, arrays, model: str, kwargs: dict = None, include_aux
 def sgd_train(backend, arrays, model: str, kwargs: dict = None, lr: float = 0.01):
     """Plain SGD (no momentum, no weight decay) from canonical weights ``w:*`` over the
     batches ``train_x`` (S, B, C, H, W) / ``train_y`` (S, B): the loss of every step,
-    computed before that step's update, in training mode (BatchNorm on batch statistics).
-    A backend's own ``sgd_steps(net, batches, lr)`` is used when it has one."""
+    computed before that step's update, in training mode (BatchNorm on batch statistics)."""
     net = backend.create_model(model, **(kwargs or {}))
     backend.set_weights(net, _canonical(arrays))
-    batches = list(zip(arrays["train_x"], arrays["train_y"]))
-    steps = getattr(backend, "sgd_steps", None)
-    losses = steps(net, batches, lr) if steps is not None else _sgd_steps(backend, net, batches, lr)
-    return {"loss": np.asarray([float(v) for v in losses], np.float64)}, {}
-
-
-def _sgd_steps(backend, net, batches, lr: float) -> List[float]:
     kit = backend.StepKit(net, lr)
-    return [kit.train_step(*kit.inputs(x, y)) for x, y in batches]
+    losses = [kit.train_step(*kit.inputs(x, y))
+              for x, y in zip(arrays["train_x"], arrays["train_y"])]
+    return {"loss": np.asarray([float(v) for v in losses], np.float64)}, {}
 
 
 @task

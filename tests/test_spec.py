@@ -95,6 +95,37 @@ def test_unknown_keyword_names_the_model():
         registry.get_spec("googlenet", widht_ratio=2)
 
 
+def test_create_model_is_the_backends_own(monkeypatch):
+    calls = []
+
+    class Backend:
+        @staticmethod
+        def create_model(name, **kwargs):
+            calls.append((name, kwargs))
+            return "net"
+    monkeypatch.setattr(registry, "backend", lambda framework: Backend)
+    assert registry.create_model("vgg_d2l", "mxnet", seed=3, image_size=32) == "net"
+    assert calls == [("vgg_d2l", {"seed": 3, "image_size": 32})]
+
+
+def test_model_kwargs_are_fitted_to_an_input_and_to_fashion_mnist():
+    # channels always; the size only where the classifier depends on it; given keywords win
+    assert registry.fit_kwargs("googlenet", (2, 3, 64, 64)) == {"in_channels": 3}
+    assert registry.fit_kwargs("vgg11", (1, 1, 64, 64), width_ratio=8) == {
+        "width_ratio": 8, "in_channels": 1, "image_size": 64}
+    assert registry.fit_kwargs("vgg11", (1, 1, 64, 64), in_channels=3)["in_channels"] == 3
+    assert registry.fit_kwargs("vgg11", None, width_ratio=8) == {"width_ratio": 8}
+    with pytest.raises(specs.InputShapeError, match=r"\(N, C, H, W\)"):
+        registry.fit_kwargs("vgg11", (1, 64, 64))
+    # training data: one channel, ten classes, the model's own size unless resized
+    assert registry.kwargs_for_data("vgg_d2l") == (
+        {"num_classes": 10, "in_channels": 1, "image_size": 224}, 224)
+    assert registry.kwargs_for_data("googlenet", 64) == ({"num_classes": 10, "in_channels": 1}, 64)
+    assert registry.kwargs_for_data("residual_net")[1] == 28
+    assert registry.expand("vgg_d2l", {"image_size": 32}) == ("vgg11", {
+        "width_ratio": 4, "in_channels": 1, "num_classes": 10, "image_size": 32})
+
+
 def test_uninstalled_framework_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
