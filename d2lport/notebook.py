@@ -489,6 +489,9 @@ def package_source(path: str, names: Sequence[str]) -> str:
              if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
     parts = []
     for name in names:
+        if name == "imports":
+            parts.append(_module_imports(path, text))
+            continue
         if name not in nodes:
             raise ChapterError(f"#@source: {path} has no top-level class or function {name!r} "
                                f"(it has {', '.join(nodes)})")
@@ -496,6 +499,31 @@ def package_source(path: str, names: Sequence[str]) -> str:
         first = min([node.lineno] + [d.lineno for d in node.decorator_list])
         parts.append("\n".join(lines[first - 1:node.end_lineno]))
     return "\n\n\n".join(parts)
+
+
+def _module_imports(path: str, text: str) -> str:
+    """The module's top-level imports (``#@source PATH imports``), relative ones made
+    absolute (``from .layers import X`` -> ``from d2lport.torch.layers import X``) so that
+    a notebook can run them."""
+    import ast
+    package = path[:-3].replace("/", ".").split(".")[:-1]       # d2lport/torch/x.py
+    lines = []
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            code = ast.get_source_segment(text, node)
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(package[:len(package) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+                names = [a.name + (f" as {a.asname}" if a.asname else "") for a in node.names]
+                code = f"from {module} import {', '.join(names)}"
+                if len(code) > 92:
+                    import textwrap
+                    code = textwrap.fill(f"from {module} import (" + ", ".join(names) + ")",
+                                         92, subsequent_indent="    ", break_on_hyphens=False)
+            lines.append(code)
+    return "\n".join(lines)
 
 
 def sync_sources(text: str, where: str = "") -> str:
