@@ -197,8 +197,11 @@ def test_create_model_names_and_errors(fw):
 def test_wrong_input_size_is_named(fw):
     d2p = load(fw)
     net = d2p.create_model("googlenet")
-    with pytest.raises(specs.InputShapeError, match="at least"):
-        d2p.block_outputs(net, np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(specs.InputShapeError, match="1-channel input.*in_channels=3"):
+        d2p.block_outputs(net, np.zeros((1, 3, 96, 96), np.float32))
+    net = d2p.create_model("residual_net")
+    with pytest.raises(specs.InputShapeError, match="built for 28x28.*image_size=32"):
+        d2p.block_outputs(net, np.zeros((1, 1, 32, 32), np.float32))
 
 
 # --------------------------------------------------------------------------- data and training

@@ -107,8 +107,35 @@ def test_named_building_blocks():
 def test_residual_block_computes_relu_x_plus_f_x():
     blk = d2p.ResidualBlock(4)
     x = torch.randn(1, 4, 6, 6)
-    f = blk.conv2(blk.conv1(x))
+    f = blk.conv2(torch.relu(blk.conv1(x)))
     assert torch.allclose(blk(x), torch.relu(x + f))
+
+
+def test_hand_written_names_are_the_canonical_keys():
+    net = d2p.GoogLeNetV1(batch_norm=True)
+    keys = net.state_dict()
+    for key in ("b1.conv.weight", "b1.conv.bn.running_var", "inception3a.branch2.conv2.weight",
+                "aux1.conv.bn.weight", "aux1.fc1.weight", "aux2.fc2.bias", "fc.weight"):
+        assert key in keys, key
+    assert "b3.inception3a.branch4.conv.bias" in d2p.GoogLeNet().state_dict()
+    assert [n for n, _ in d2p.VGG("C", width_ratio=8, image_size=32).block3.named_children()] \
+        == ["conv1", "conv2", "conv3", "pool"]
+    assert list(d2p.vgg_block(2, 3, 8).state_dict())[:2] == ["conv1.weight", "conv1.bias"]
+
+
+@pytest.mark.parametrize("name,kw", [("googlenet_v1", dict(batch_norm=True)),
+                                     ("inception_a_net", {})])
+def test_channels_last_computes_the_same_and_steps(name, kw):
+    """train()/StepKit(fast=True) run the nets in channels_last memory format."""
+    net = d2p.create_model(name, seed=0, **kw)
+    x = torch.randn((2,) + net.spec.input_shape)
+    want = d2p.logits(net, x)
+    net.to(memory_format=torch.channels_last)
+    got = d2p.logits(net, x.contiguous(memory_format=torch.channels_last))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    kit = d2p.StepKit(net, lr=0.01, fast=True)
+    X, Y = kit.inputs(x.numpy(), np.array([1, 2]))
+    assert np.isfinite(kit.train_step(X, Y)) and np.isfinite(kit.infer(X))
 
 
 def test_weights_round_trip_and_validation(tmp_path):

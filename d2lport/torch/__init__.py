@@ -1,38 +1,34 @@
 """d2lport's PyTorch backend: ``from d2lport import torch as d2p``.
 
-Every registered network as an ``nn.Module`` built from the shared spec, plus data, training,
-summaries and canonical weights.  Imports neither TensorFlow nor MXNet.
+Every registered network as a hand-written ``nn.Module`` (``googlenet.py``, ``vgg.py``,
+``lecture.py``; building blocks in ``layers.py``) that equals its spec in
+:mod:`d2lport.specs`, plus data, training, summaries and canonical weights.  Imports neither
+TensorFlow nor MXNet.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as _np
 import torch as _torch
 
 from .. import registry as _registry
-from .. import specs as _specs
 from .. import weights as _weights
 from ..common import (AuxOutputs, History, Row, batch_shape, format_table,  # noqa: F401
                       plot_history, print_summary)
 from .data import (LABELS, FashionMNISTLoader, get_fashion_mnist_labels,  # noqa: F401
                    load_data_fashion_mnist, to_tensor)
-from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA, InceptionANet,  # noqa: F401
-                     Net, ResidualBlock, ResidualNet, VGG, build, vgg_block)
+from .googlenet import GoogLeNet, GoogLeNetV1, Inception  # noqa: F401
+from .layers import Net  # noqa: F401
+from .lecture import InceptionA, InceptionANet, ResidualBlock, ResidualNet  # noqa: F401
+from .models import MODELS, create_model  # noqa: F401
+from .vgg import VGG, vgg_block  # noqa: F401
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: F401
 from .steps import StepKit, cpu_scope  # noqa: F401
 
 FRAMEWORK = "torch"
 list_models = _registry.list_models
-
-
-def create_model(name: str, seed: Optional[int] = None, **kwargs) -> Net:
-    """Build a registered model (``d2lport models`` lists them); ``seed`` fixes the init."""
-    spec = _registry.get_spec(name, **kwargs)
-    if seed is not None:
-        _torch.manual_seed(seed)
-    return build(spec)
 
 
 @_torch.no_grad()
@@ -51,6 +47,19 @@ def block_outputs(net: Net, x, include_aux: bool = True) -> "OrderedDict[str, _n
     return OrderedDict((k, v.float().cpu().numpy()) for k, v in outs.items())
 
 
+@_torch.no_grad()
+def logits(net: Net, x) -> _np.ndarray:
+    """The network's own ``forward`` on ``x`` (NCHW numpy or tensor) in inference mode."""
+    t = x if isinstance(x, _torch.Tensor) else _torch.from_numpy(_np.asarray(x, _np.float32))
+    was_training = net.training
+    net.eval()
+    try:
+        out = net(t.to(next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+    return out.float().cpu().numpy()
+
+
 def count_params(module) -> int:
     """Trainable parameters (BatchNorm running statistics are buffers, not counted)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -65,7 +74,7 @@ def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
     device = next(net.parameters()).device
     outs = net.forward_blocks(_torch.zeros(shape, device=device), include_aux=True)
     net.train(was_training)
-    return [Row(name, tuple(out.shape[1:]), count_params(getattr(net, name)))
+    return [Row(name, tuple(out.shape[1:]), count_params(net.block(name)))
             for name, out in outs.items()]
 
 
