@@ -128,8 +128,7 @@ def test_batchnorm_constants_like_torch():
     with PyTorch's momentum 0.1."""
     block = d2p.vgg_block(1, 2, 3, batch_norm=True)
     x = tf.random.stateless_normal((4, 6, 6, 2), (3, 4)) + 2.0
-    block(x)
-    conv = block.members[0]
+    conv = block.get_layer("conv1")                       # a d2p.Conv: Conv2D + child bn
     bn = conv.bn
     assert bn.epsilon == specs.BN_EPS and bn.momentum == pytest.approx(1 - specs.BN_MOMENTUM)
     y = conv.convolution_op(x, conv.kernel) + conv.bias

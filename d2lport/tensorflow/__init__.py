@@ -1,7 +1,8 @@
 """d2lport's TensorFlow/Keras backend: ``from d2lport import tensorflow as d2p``.
 
-Every registered network as a Keras 3 model built from the shared spec, plus data,
-training, summaries and canonical weights.  Imports neither PyTorch nor MXNet.
+Every registered network hand-written as a Keras 3 model (``googlenet.py``, ``vgg.py``,
+``lecture.py``, built from the blocks of ``layers.py``), plus data, training, summaries and
+canonical weights.  Imports neither PyTorch nor MXNet.
 
 Layouts: the models run NHWC and ``net(x)`` takes NHWC batches (Keras' convention; the data
 pipeline yields them).  Everything that names shapes for people or for comparisons takes and
@@ -27,9 +28,12 @@ from ..common import (AuxOutputs, History, Row, batch_shape,  # noqa: E402,F401
                       format_table, plot_history, print_summary)
 from .data import (LABELS, FashionMNISTLoader, get_fashion_mnist_labels,  # noqa: E402,F401
                    load_data_fashion_mnist, to_tensor)
-from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E402,F401
-                     InceptionANet, Net, ResidualBlock, ResidualNet, VGG, build, vgg_block)
-from .models import ConvLayer as _Conv, iter_leaves as _iter_leaves, nchw as _nchw  # noqa: E402
+from .googlenet import GoogLeNet, GoogLeNetV1, Inception, InceptionAux  # noqa: E402,F401
+from .layers import Net, SingleBlock, torch_variables as _torch_variables  # noqa: E402,F401
+from .layers import _nchw  # noqa: E402
+from .lecture import InceptionA, InceptionANet, ResidualBlock, ResidualNet  # noqa: E402,F401
+from .models import MODELS  # noqa: E402
+from .vgg import VGG, vgg_block  # noqa: E402,F401
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: E402,F401
 from .steps import StepKit, cpu_scope  # noqa: E402,F401
 
@@ -40,10 +44,11 @@ list_models = _registry.list_models
 def create_model(name: str, seed: Optional[int] = None, **kwargs) -> Net:
     """Build a registered model (``d2lport models`` lists them); ``seed`` fixes the init
     (``keras.utils.set_random_seed``: Python, NumPy and TF/Keras generators)."""
-    spec = _registry.get_spec(name, **kwargs)
+    _registry.get_spec(name, **kwargs)          # unknown names and keywords fail here
     if seed is not None:
         _keras.utils.set_random_seed(seed)
-    return build(spec)
+    key, fixed = _registry.resolve(name)
+    return MODELS[key](**{**fixed, **kwargs})
 
 
 def _to_nhwc(x):
@@ -63,6 +68,11 @@ def block_outputs(net: Net, x, include_aux: bool = True) -> "OrderedDict[str, _n
     canonical layout (NCHW / (N, F)); auxiliary heads too when ``include_aux``."""
     outs = net.forward_blocks(_to_nhwc(x), include_aux=include_aux)
     return OrderedDict((k, _to_canonical(v)) for k, v in outs.items())
+
+
+def logits(net: Net, x) -> _np.ndarray:
+    """The network's own ``call`` in inference mode on an NCHW batch: (N, classes)."""
+    return _to_canonical(net(_to_nhwc(x), training=False))
 
 
 def count_params(layer) -> int:
@@ -86,49 +96,11 @@ def summary(net: Net, input_shape: Sequence[int] = None, print_fn=print) -> List
 
 
 # --------------------------------------------------------------------------- weights
-# Keras BatchNormalization variable -> canonical (torch) name.
-_BN = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-       ("moving_variance", "running_var"))
-
-
-def _dense_to_canonical(layer, kernel: _np.ndarray) -> _np.ndarray:
-    """Keras (in, out) -> torch (out, in); after a flatten the rows are in H, W, C order
-    and become C, H, W columns."""
-    if layer.flatten and len(layer.in_shape) == 3:
-        c, h, w = layer.in_shape
-        return kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * h * w)
-    return kernel.T
-
-
-def _dense_from_canonical(layer, weight: _np.ndarray) -> _np.ndarray:
-    if layer.flatten and len(layer.in_shape) == 3:
-        c, h, w = layer.in_shape
-        return weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
-    return weight.T
-
-
-def _pairs(net: Net):
-    """(canonical key, Keras variable, to_canonical, from_canonical) for every weight."""
-    same = lambda a: a  # noqa: E731
-    for path, layer in [p for root in net.rows() for p in _iter_leaves(root)]:
-        if isinstance(layer, _Conv):
-            # HWIO <-> OIHW
-            yield (f"{path}.weight", layer.kernel, lambda a: a.transpose(3, 2, 0, 1),
-                   lambda a: a.transpose(2, 3, 1, 0))
-        else:
-            yield (f"{path}.weight", layer.kernel, lambda a, l=layer: _dense_to_canonical(l, a),
-                   lambda a, l=layer: _dense_from_canonical(l, a))
-        if layer.bias is not None:
-            yield f"{path}.bias", layer.bias, same, same
-        if getattr(layer, "bn", None) is not None:
-            for keras_name, torch_name in _BN:
-                yield f"{path}.bn.{torch_name}", getattr(layer.bn, keras_name), same, same
-
-
 def get_weights(net: Net) -> Dict[str, _np.ndarray]:
-    """Canonical weights: numpy arrays keyed by structural layer name, torch layouts."""
+    """Canonical weights: numpy arrays keyed by the path of Keras layer names
+    (``b3.inception3a.branch2.conv2.weight``), in PyTorch's layouts."""
     return {key: _np.ascontiguousarray(to(_np.asarray(var.numpy(), _np.float32)))
-            for key, var, to, _ in _pairs(net)}
+            for key, var, to, _ in _torch_variables(net)}
 
 
 def set_weights(net: Net, weights, strict: bool = True) -> Net:
@@ -136,7 +108,7 @@ def set_weights(net: Net, weights, strict: bool = True) -> Net:
     if not isinstance(weights, dict):
         weights, _ = _weights.load(weights)
     _weights.check(net.spec, weights, strict)
-    for key, var, _, back in _pairs(net):
+    for key, var, _, back in _torch_variables(net):
         if key in weights:
             var.assign(back(_np.asarray(weights[key], _np.float32)))
     return net
