@@ -1,7 +1,9 @@
-"""The MXNet Gluon backend: shapes, parameter counts, modes, weights, data, training, and
-the import rules (TensorFlow-then-MXNet crash, numpy pin).  Parity with PyTorch lives in
+"""The MXNet Gluon backend: shapes, parameter counts, modes, weights, data, training, D2L
+1.0's numpy mode (``npx.set_np()``), and the import rules (TensorFlow-then-MXNet crash,
+numpy pin).  Parity with PyTorch lives in
 test_mxnet_parity.py.  Imports neither torch nor TensorFlow in this process."""
 import ast
+import contextlib
 import os
 import subprocess
 import sys
@@ -89,14 +91,40 @@ def test_googlenet_summary_at_96_px():
     assert "googlenet (mxnet), input (1, 1, 96, 96)" in lines[0]
 
 
+def _ready(block):
+    """Standalone blocks are plain Gluon blocks: initialise them before use, as in D2L."""
+    block.initialize(mx.init.Xavier())
+    return block
+
+
 def test_standalone_blocks():
     x = mx.nd.ones((2, 192, 28, 28))
-    block = d2p.Inception(192, 64, (96, 128), (16, 32), 32)
+    block = _ready(d2p.Inception(192, 64, (96, 128), (16, 32), 32))
     assert block(x).shape == (2, 256, 28, 28)
-    assert "(branch4): SequentialLayers(\n    (pool): MaxPool2D" in repr(block)   # layer tree
-    assert d2p.InceptionA(10)(mx.nd.ones((1, 10, 12, 12))).shape == (1, 88, 12, 12)
-    assert d2p.ResidualBlock(16)(mx.nd.ones((1, 16, 12, 12))).shape == (1, 16, 12, 12)
-    assert d2p.vgg_block(2, 3, 8)(mx.nd.ones((1, 3, 32, 32))).shape == (1, 8, 16, 16)
+    assert "(branch4): Sequential(\n    (pool): MaxPool2D" in repr(block)   # layer tree
+    assert sorted(block._collect_params_with_prefix())[:3] == [
+        "branch1.conv.bias", "branch1.conv.weight", "branch2.conv1.bias"]
+    assert _ready(d2p.InceptionA(10))(mx.nd.ones((1, 10, 12, 12))).shape == (1, 88, 12, 12)
+    assert _ready(d2p.ResidualBlock(16))(mx.nd.ones((1, 16, 12, 12))).shape == (1, 16, 12, 12)
+    vgg = _ready(d2p.vgg_block(2, 3, 8, batch_norm=True))
+    assert vgg(mx.nd.ones((1, 3, 32, 32))).shape == (1, 8, 16, 16)
+    assert list(vgg._children) == ["conv1", "conv2", "pool"]
+    assert "conv1.bn.gamma" in vgg._collect_params_with_prefix()
+
+
+def test_networks_are_the_hand_written_classes():
+    """create_model returns the classes of googlenet.py / vgg.py / lecture.py, with the
+    spec's block names as attributes, each a hybridizable block."""
+    net = d2p.create_model("googlenet_v1")
+    assert type(net) is d2p.GoogLeNetV1 and isinstance(net.inception4a, d2p.Inception)
+    assert isinstance(net.aux1, d2p.InceptionAux) and net.block("aux2") is net.aux2
+    assert all(isinstance(net.block(n), mx.gluon.HybridBlock) for n in net.block_names)
+    vgg = d2p.create_model("vgg16_conv1", **VGG_SMALL)
+    assert type(vgg) is d2p.VGG and list(vgg.block3._children) == ["conv1", "conv2", "conv3",
+                                                                     "pool"]
+    assert vgg.block3.conv3._kwargs["kernel"] == (1, 1)          # configuration C's 1x1
+    assert "lrn" in d2p.create_model("vgg11_lrn", **VGG_SMALL).block1._children
+    assert list(d2p.create_model("inception")._children) == ["inception"]
 
 
 def test_seeded_init_is_repeatable_and_xavier():
@@ -247,6 +275,134 @@ def test_train_with_aux_heads_adam_and_predict():
     assert d2p.predict(net, x).shape == (4,)
     with pytest.raises(ValueError, match="unknown optimizer"):
         d2p.train(net, batches, batches, num_epochs=1, optimizer="rmsprop", progress=False)
+
+
+# --------------------------------------------------------------------------- numpy mode
+@contextlib.contextmanager
+def numpy_mode():
+    """D2L 1.0's convention (``from mxnet import np, npx; npx.set_np()``) for a block of a
+    test; the mode is process-global, so legacy mode comes back whatever happens."""
+    mx.npx.set_np()
+    try:
+        yield
+    finally:
+        mx.npx.reset_np()
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("googlenet_v1", {}),                                   # LRN, aux heads, dropout
+    ("googlenet_v1", dict(batch_norm=True, lrn=False)),     # BatchNorm in every conv
+    ("vgg11_lrn", dict(VGG_SMALL, batch_norm=True)),
+    ("inception_a_net", {}), ("residual_net", {}), ("inception", {})])
+def test_numpy_mode_block_outputs_equal_legacy(name, kwargs):
+    """The same weights and input give the same per-block outputs with mx.nd arrays and,
+    after npx.set_np(), with mxnet.np arrays (hybridized and not)."""
+    spec = registry.get_spec(name, **kwargs)
+    w = weights.random_weights(spec, seed=1)
+    x = np.random.default_rng(2).standard_normal((2,) + spec.input_shape).astype(np.float32)
+    legacy = d2p.block_outputs(d2p.set_weights(d2p.create_model(name, **kwargs), w), x)
+    with numpy_mode():
+        for hybridize in (True, False):
+            net = d2p.set_weights(d2p.create_model(name, hybridize=hybridize, **kwargs), w)
+            assert all(isinstance(p.data(), mx.np.ndarray)
+                       for p in net.collect_params().values())
+            outs = net.forward_blocks(d2p.as_array(x))       # inference mode
+            assert all(isinstance(v, mx.np.ndarray) for v in outs.values())
+            got = d2p.block_outputs(net, x)
+            assert list(got) == list(legacy)
+            for key in legacy:      # float32 rounding: imperative and cached graphs differ
+                scale = max(1.0, float(np.abs(legacy[key]).max()))
+                np.testing.assert_allclose(got[key], legacy[key], rtol=1e-5, atol=1e-5 * scale,
+                                           err_msg=f"{key} hybridize={hybridize}")
+            rows = [r.as_tuple() for r in d2p.layer_shapes(net)]
+            assert rows == [(r.name, r.out_shape, r.params) for r in specs.infer(spec)]
+            assert d2p.count_params(net) == specs.count_params(spec)
+            back = d2p.get_weights(net)
+            assert all(np.array_equal(back[k], w[k]) for k in w)
+
+
+def _train_few_steps(batches, w):
+    net = d2p.set_weights(d2p.create_model("residual_net"), w)
+    hist = d2p.train(net, batches, batches, num_epochs=2, lr=0.1, momentum=0.9,
+                     max_steps=3, seed=0, progress=False)
+    return net, hist
+
+
+def test_numpy_mode_trains_like_legacy_mode():
+    """A few SGD steps in numpy mode (mxnet.np batches) and in legacy mode (mx.nd batches)
+    from the same weights and data: the same losses and accuracies; evaluate and predict
+    work on both kinds of array."""
+    spec = registry.get_spec("residual_net")
+    w = weights.random_weights(spec, seed=0)
+    rng = np.random.default_rng(0)
+    xs = rng.random((3, 16, 1, 28, 28)).astype(np.float32)
+    ys = rng.integers(0, 10, (3, 16))
+    batches = [(d2p.as_array(x), d2p.as_array(y, dtype="int32")) for x, y in zip(xs, ys)]
+    net, legacy = _train_few_steps(batches, w)
+    legacy_pred = d2p.predict(net, xs[0])
+    assert isinstance(legacy_pred, mx.nd.NDArray)
+    with numpy_mode():
+        batches = [(d2p.as_array(x), d2p.as_array(y, dtype="int32")) for x, y in zip(xs, ys)]
+        assert isinstance(batches[0][0], mx.np.ndarray)
+        net, numpy_hist = _train_few_steps(batches, w)
+        pred = d2p.predict(net, batches[0][0])
+        assert isinstance(pred, mx.np.ndarray) and pred.dtype == np.int32
+        np.testing.assert_array_equal(pred.asnumpy(), legacy_pred.asnumpy())
+        assert d2p.evaluate(net, batches) == pytest.approx(numpy_hist.test_acc[-1])
+    assert np.isfinite(legacy.loss).all() and legacy.loss[1] < legacy.loss[0]
+    np.testing.assert_allclose(numpy_hist.loss, legacy.loss, rtol=1e-5)
+    assert numpy_hist.train_acc == legacy.train_acc and numpy_hist.test_acc == legacy.test_acc
+
+
+def test_numpy_mode_aux_heads_train_step():
+    """GoogLeNet v1 in numpy mode: AuxOutputs of mxnet.np arrays in training, the weighted
+    loss, a Gluon Trainer step, logits outside training; and StepKit."""
+    with numpy_mode():
+        net = d2p.create_model("googlenet_v1", num_classes=4, seed=0)
+        x = mx.np.random.uniform(size=(2, 3, 224, 224))
+        y = d2p.as_array([1, 3], dtype="int32")
+        with mx.autograd.record():
+            out = net(x)
+            loss = d2p.loss_fn(out, y)
+        assert isinstance(out, d2p.AuxOutputs) and isinstance(out.aux[0], mx.np.ndarray)
+        loss.backward()
+        before = d2p.get_weights(net)["aux1.fc2.weight"]
+        mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1}).step(2)
+        assert not np.array_equal(d2p.get_weights(net)["aux1.fc2.weight"], before)
+        assert isinstance(net(x), mx.np.ndarray)
+        kit = d2p.StepKit(d2p.create_model("residual_net", seed=0), lr=0.1)
+        X, Y = kit.inputs(np.zeros((2, 1, 28, 28), np.float32), np.array([0, 1]))
+        assert isinstance(X, mx.np.ndarray) and np.isfinite(kit.train_step(X, Y))
+
+
+def test_numpy_mode_loaders_and_to_tensor():
+    """to_tensor and the loaders give mxnet.np arrays in numpy mode, mx.nd otherwise, with
+    the same values."""
+    batch = np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    legacy = d2p.to_tensor(batch, 40)
+    with numpy_mode():
+        got = d2p.to_tensor(batch, 40)
+        assert isinstance(got, mx.np.ndarray) and got.shape == (3, 1, 40, 40)
+        np.testing.assert_array_equal(got.asnumpy(), legacy.asnumpy())
+        train_iter, _ = _small_data()
+        X, y = next(iter(train_iter))
+        assert isinstance(X, mx.np.ndarray) and isinstance(y, mx.np.ndarray)
+        assert X.dtype == np.float32 and y.dtype == np.int32 and X.shape == (32, 1, 28, 28)
+        assert d2p.get_fashion_mnist_labels(y[:2]) == [d2p.LABELS[int(i)]
+                                                       for i in y[:2].asnumpy()]
+    assert isinstance(next(iter(train_iter))[0], mx.nd.NDArray)   # the mode, per batch
+
+
+def test_array_mode_mismatch_is_a_clear_error():
+    """A net holds arrays of the mode it was built in; fed the other kind it says so."""
+    net = d2p.create_model("residual_net")
+    with numpy_mode():
+        with pytest.raises(TypeError, match=r"built in legacy mode.*npx.set_np\(\)"):
+            net(mx.np.zeros((1, 1, 28, 28)))
+        np_net = d2p.create_model("residual_net")
+    with pytest.raises(TypeError, match="built in numpy mode"):
+        np_net(mx.nd.zeros((1, 1, 28, 28)))
+    assert not mx.util.is_np_array()
 
 
 # --------------------------------------------------------------------------- imports

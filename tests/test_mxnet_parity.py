@@ -13,6 +13,7 @@ from torch_reference import CASE_IDS, CASES, assert_close, inputs, torch_referen
 pytestmark = [pytest.mark.mxnet, pytest.mark.parity]
 
 d2p = pytest.importorskip("d2lport.mxnet")
+mx = pytest.importorskip("mxnet")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,24 @@ def test_block_outputs_match_torch(torch_outputs, case, model, kwargs):
     out = d2p.block_outputs(net, x, include_aux=True)
     expected_names = [r.name for r in specs.infer(net.spec)]
     assert list(out) == expected_names            # blocks in order, aux heads after taps
+    assert_close(case, out, torch_outputs)
+
+
+NUMPY_MODE_CASES = [c for c in CASES if c[0] in ("googlenet", "googlenet_v1", "googlenet_v1_bn",
+                                                  "vgg11_lrn", "inception_a_net")]
+
+
+@pytest.mark.parametrize("case,model,kwargs", NUMPY_MODE_CASES,
+                         ids=[c[0] for c in NUMPY_MODE_CASES])
+def test_numpy_mode_block_outputs_match_torch(torch_outputs, case, model, kwargs):
+    """D2L 1.0's numpy mode (npx.set_np(), mxnet.np arrays) against the same references."""
+    w, x = inputs(model, kwargs)
+    mx.npx.set_np()
+    try:
+        net = d2p.set_weights(d2p.create_model(model, **kwargs), w)
+        out = d2p.block_outputs(net, mx.np.array(x), include_aux=True)
+    finally:
+        mx.npx.reset_np()
     assert_close(case, out, torch_outputs)
 
 

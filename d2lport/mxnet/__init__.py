@@ -1,7 +1,12 @@
 """d2lport's MXNet Gluon backend: ``from d2lport import mxnet as d2p``.
 
-Every registered network as Gluon blocks built from the shared spec, plus data, training,
-summaries and canonical weights.  Imports neither TensorFlow nor PyTorch.
+Every registered network written out as Gluon blocks (``googlenet.py``, ``vgg.py``,
+``lecture.py``; numbers from ``d2lport.specs``), plus data, training, summaries and
+canonical weights.  Imports neither TensorFlow nor PyTorch.
+
+Both of MXNet's array modes work: legacy ``mx.nd`` arrays, and D2L 1.0's numpy mode
+(``from mxnet import np, npx; npx.set_np()``, ``mxnet.np`` arrays).  Build a network in the
+mode you use it in; the loaders, ``to_tensor`` and ``block_outputs`` follow the current mode.
 
 Two environment rules are enforced here, before MXNet is imported, because breaking either
 kills the process or fails deep inside MXNet:
@@ -42,7 +47,7 @@ def _check_environment() -> None:
 _check_environment()
 
 from collections import OrderedDict  # noqa: E402
-from typing import Dict, List, Optional, Sequence  # noqa: E402
+from typing import Dict, List, Sequence  # noqa: E402
 
 import mxnet as _mx  # noqa: E402
 import numpy as _np  # noqa: E402
@@ -51,27 +56,21 @@ from .. import registry as _registry  # noqa: E402
 from .. import weights as _weights  # noqa: E402
 from ..common import (AuxOutputs, History, Row, batch_shape,  # noqa: E402,F401
                       format_table, plot_history, print_summary)
-from .data import (LABELS, FashionMNISTLoader, as_nd,  # noqa: E402,F401
-                   get_fashion_mnist_labels, load_data_fashion_mnist, to_tensor)
-from .models import (GoogLeNet, GoogLeNetV1, Inception, InceptionA,  # noqa: E402,F401
-                     InceptionANet, Net, ResidualBlock, ResidualNet, VGG, build,
-                     canonical_params, vgg_block)
+from .data import (LABELS, FashionMNISTLoader, as_array, as_nd,  # noqa: E402,F401
+                   get_fashion_mnist_labels, load_data_fashion_mnist, to_ctx,
+                   to_tensor)
+from .googlenet import (GoogLeNet, GoogLeNetV1, Inception, InceptionAux,  # noqa: E402,F401
+                        InceptionBlock)
+from .layers import Net, canonical_params  # noqa: E402,F401
+from .lecture import (InceptionA, InceptionABlock, InceptionANet,  # noqa: E402,F401
+                      ResidualBlock, ResidualBlockNet, ResidualNet)
+from .models import MODELS, create_model  # noqa: E402,F401
 from .train import evaluate, loss_fn, predict, train, try_gpu  # noqa: E402,F401
 from .steps import StepKit, cpu_scope  # noqa: E402,F401
+from .vgg import VGG, vgg_block  # noqa: E402,F401
 
 FRAMEWORK = "mxnet"
 list_models = _registry.list_models
-
-
-def create_model(name: str, seed: Optional[int] = None, hybridize: bool = True,
-                 **kwargs) -> Net:
-    """Build a registered model (``d2lport models`` lists them), initialised and, by
-    default, hybridized (``static_alloc``, ``static_shape``); ``seed`` fixes the init."""
-    spec = _registry.get_spec(name, **kwargs)
-    if seed is not None:
-        _mx.random.seed(seed)
-        _np.random.seed(seed)
-    return build(spec, hybridize=hybridize)
 
 
 def _ctx(net) -> _mx.Context:
@@ -80,16 +79,26 @@ def _ctx(net) -> _mx.Context:
     return _mx.cpu()
 
 
+def _input(net: Net, x):
+    """``x`` (NCHW numpy, ``mx.nd`` or ``mxnet.np``) on the net's device; numpy input
+    becomes an array of the current mode (``npx.set_np()`` or not)."""
+    if isinstance(x, (_mx.nd.NDArray, _mx.np.ndarray)):
+        return to_ctx(x, _ctx(net))
+    return as_array(_np.asarray(x, _np.float32), ctx=_ctx(net))
+
+
 def block_outputs(net: Net, x, include_aux: bool = True) -> "OrderedDict[str, _np.ndarray]":
-    """Every block's output for input ``x`` (NCHW numpy or NDArray) in inference mode
-    (called outside ``autograd.record``); numpy arrays in canonical layout (NCHW / (N, F))."""
-    if isinstance(x, _mx.nd.NDArray):
-        t = x.as_in_context(_ctx(net))
-    else:
-        t = as_nd(_np.asarray(x, _np.float32), ctx=_ctx(net))
+    """Every block's output for input ``x`` in inference mode (outside ``autograd.record``);
+    numpy arrays in canonical layout (NCHW / (N, F))."""
     with _mx.autograd.pause(train_mode=False):
-        outs = net.forward_blocks(t, include_aux=include_aux)
+        outs = net.forward_blocks(_input(net, x), include_aux=include_aux)
     return OrderedDict((k, v.asnumpy()) for k, v in outs.items())
+
+
+def logits(net: Net, x) -> _np.ndarray:
+    """The network's own ``forward`` on ``x`` in inference mode, as numpy (N, classes)."""
+    with _mx.autograd.pause(train_mode=False):
+        return net(_input(net, x)).asnumpy()
 
 
 def count_params(block) -> int:
@@ -104,7 +113,8 @@ def layer_shapes(net: Net, input_shape: Sequence[int] = None) -> List[Row]:
     Shapes are measured by running a zero batch through the network in inference mode."""
     shape = batch_shape(net.spec, input_shape)
     with _mx.autograd.pause(train_mode=False):
-        outs = net.forward_blocks(_mx.nd.zeros(shape, ctx=_ctx(net)), include_aux=True)
+        zeros = as_array(_np.zeros(shape, _np.float32), ctx=_ctx(net))   # of the current mode
+        outs = net.forward_blocks(zeros, include_aux=True)
     return [Row(name, tuple(out.shape[1:]), count_params(net.block(name)))
             for name, out in outs.items()]
 
@@ -129,7 +139,8 @@ def set_weights(net: Net, weights, strict: bool = True) -> Net:
     _weights.check(net.spec, weights, strict)
     params = canonical_params(net)
     for key, value in weights.items():
-        params[key].set_data(as_nd(_np.asarray(value), dtype=params[key].dtype))
+        # Written in place into the parameter's own arrays (mx.nd or mxnet.np alike).
+        params[key].set_data(_np.asarray(value, dtype=params[key].dtype))
     return net
 
 

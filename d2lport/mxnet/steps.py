@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .data import as_nd
+from .data import as_array
 from .train import loss_fn
 
 
@@ -28,8 +28,8 @@ class StepKit:
                                      {"learning_rate": lr, "momentum": 0.0, "wd": 0.0})
 
     def inputs(self, x, y):
-        return (as_nd(np.asarray(x, np.float32), ctx=self.ctx),
-                as_nd(np.asarray(y), ctx=self.ctx, dtype="int32"))
+        return (as_array(np.asarray(x, np.float32), ctx=self.ctx),
+                as_array(np.asarray(y), ctx=self.ctx, dtype="int32"))
 
     def train_step(self, X, Y) -> float:
         with self.autograd.record():
@@ -38,10 +38,10 @@ class StepKit:
         # size: the update of the mean loss, as in torch and Keras.
         loss.backward()
         self.trainer.step(X.shape[0])
-        return float(loss.mean().asscalar())
+        return float(loss.mean().asnumpy())
 
     def infer(self, X) -> float:
-        return float(self.net(X).sum().asscalar())
+        return float(self.net(X).sum().asnumpy())
 
     def describe(self) -> str:
         return f"{self.ctx}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}"

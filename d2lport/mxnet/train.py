@@ -1,4 +1,7 @@
-"""Training and evaluation for the MXNet backend (D2L's ``train_ch6`` with gluon.Trainer)."""
+"""Training and evaluation for the MXNet backend (D2L's ``train_ch6`` with gluon.Trainer).
+
+Works on ``mx.nd`` batches and, after ``npx.set_np()``, on ``mxnet.np`` batches: only
+methods both array types have (``argmax``, ``astype``, ``asnumpy``), and :func:`to_ctx`."""
 from __future__ import annotations
 
 import time
@@ -9,7 +12,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from ..common import AuxOutputs, History, Progress, combined_loss_weights, progress_default
-from .data import as_nd
+from .data import as_array, to_ctx
 
 _CE = gluon.loss.SoftmaxCrossEntropyLoss()
 
@@ -19,7 +22,7 @@ def try_gpu(i: int = 0) -> mx.Context:
     return mx.gpu(i) if mx.context.num_gpus() > i else mx.cpu()
 
 
-def loss_fn(outputs, y: mx.nd.NDArray) -> mx.nd.NDArray:
+def loss_fn(outputs, y):
     """Per-example cross-entropy (Gluon's convention: ``backward()`` sums it and
     ``trainer.step(batch_size)`` divides, so the update is the mean's, as in torch).
     With auxiliary heads: ``main + 0.3 * (aux1 + aux2)`` (GoogLeNet v1)."""
@@ -40,27 +43,32 @@ def _model_ctx(net) -> mx.Context:
     return mx.cpu()
 
 
-def _correct(logits, y) -> mx.nd.NDArray:
-    return (logits.argmax(axis=1) == y.astype("float32")).sum()
+def _correct(logits, y):
+    """Number of right predictions, a float32 array of one element on the device."""
+    return (logits.argmax(axis=1).astype("int32") == y.astype("int32")).astype("float32").sum()
+
+
+def _scalar(array) -> float:
+    return float(array.asnumpy().reshape(-1)[0])   # legacy NDArrays have no __float__
 
 
 def evaluate(net, data_iter, device=None) -> float:
     """Accuracy of ``net`` over ``data_iter`` in inference mode (outside autograd.record)."""
     ctx = device or _model_ctx(net)
-    correct, total = mx.nd.zeros(1, ctx=ctx), 0
+    correct, total = 0.0, 0         # correct: an array on the device after the first batch
     for X, y in data_iter:
-        y = y.as_in_context(ctx)
-        correct += _correct(_logits(net(X.as_in_context(ctx))), y)
+        y = to_ctx(y, ctx)
+        correct = correct + _correct(_logits(net(to_ctx(X, ctx))), y)
         total += y.shape[0]
-    return float(correct.asscalar()) / max(total, 1)
+    return (_scalar(correct) if total else 0.0) / max(total, 1)
 
 
-def predict(net, X) -> mx.nd.NDArray:
+def predict(net, X):
     """Class indices (int32, CPU) for a batch, in inference mode."""
-    if not isinstance(X, mx.nd.NDArray):
-        X = as_nd(np.asarray(X, np.float32))
-    out = _logits(net(X.as_in_context(_model_ctx(net))))
-    return out.argmax(axis=1).astype("int32").as_in_context(mx.cpu())
+    if not isinstance(X, (mx.nd.NDArray, mx.np.ndarray)):
+        X = as_array(np.asarray(X, np.float32))
+    out = _logits(net(to_ctx(X, _model_ctx(net))))
+    return to_ctx(out.argmax(axis=1).astype("int32"), mx.cpu())
 
 
 def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
@@ -88,19 +96,20 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
         bar = Progress(progress, len(train_iter), f"epoch {epoch}/{num_epochs}")
         mx.nd.waitall()
         start = time.perf_counter()
-        sums = mx.nd.zeros(2, ctx=ctx)         # [loss sum, correct], kept on the device
+        loss_sum = correct = 0.0       # become arrays kept on the device (no sync per step)
         seen = 0
         pending = None
         for step, (X, y) in enumerate(train_iter):
             if max_steps is not None and step >= max_steps:
                 break
-            X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+            X, y = to_ctx(X, ctx), to_ctx(y, ctx)
             with autograd.record():
                 outputs = net(X)
                 loss = loss_fn(outputs, y)
             loss.backward()
             trainer.step(y.shape[0])
-            sums += mx.nd.concat(loss.sum().reshape(1), _correct(_logits(outputs), y), dim=0)
+            loss_sum = loss_sum + loss.sum()
+            correct = correct + _correct(_logits(outputs), y)
             seen += y.shape[0]
             # MXNet runs asynchronously: wait for the previous step, not this one, so the
             # next batch is prepared while this one computes and the queue stays bounded.
@@ -108,11 +117,12 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
                 pending.wait_to_read()
             pending = loss
             if progress:
-                bar.update(1, loss=float(sums[0].asscalar()) / seen)
+                bar.update(1, loss=_scalar(loss_sum) / seen)
         mx.nd.waitall()
         elapsed = time.perf_counter() - start
         bar.close()
-        loss_sum, correct = (float(v) for v in sums.asnumpy())
+        if seen:
+            loss_sum, correct = _scalar(loss_sum), _scalar(correct)
         test_acc = evaluate(net, test_iter, ctx)
         history.append(epoch=epoch, loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
                        test_acc=test_acc, examples_per_sec=seen / max(elapsed, 1e-9),
