@@ -188,11 +188,11 @@ def report(history) -> str:
             f"on {history.device}")
 
 
-def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> str:
+def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> None:
     """Check that ``mine``, a network built from a class typed into the notebook, is
     ``d2p.create_model(name, **kwargs)``: the same canonical parameter names and shapes, the
     same parameter count and, with the package model's weights loaded, the same output.
-    Raises AssertionError naming the first difference; returns (and prints) one line."""
+    Raises AssertionError naming the first difference; prints one line when they agree."""
     ref = d2p.create_model(name, seed=0, **kwargs)
     theirs, ours = d2p.get_weights(ref), d2p.get_weights(mine)
     if list(theirs) != list(ours):
@@ -219,7 +219,6 @@ def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> str:
             f"{len(theirs)} weight arrays with the same names and shapes, "
             f"{d2p.count_params(ref):,} parameters, the same output for the same weights")
     print(line)
-    return line
 
 
 # =========================================================================== static outputs

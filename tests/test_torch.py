@@ -227,3 +227,26 @@ def test_cli_train_runs_on_real_data(tmp_path):
     assert (tmp_path / "w.npz").exists() and (tmp_path / "h.png").stat().st_size > 1000
     w, meta = weights.load(tmp_path / "w.npz")
     assert meta["model"] == "residual_net" and "fc.weight" in w
+
+
+def test_notebook_check_that_a_typed_class_is_the_package_model(capsys):
+    """nb.same_as_package: the chapters' proof that the reader's class is create_model's."""
+    from torch import nn
+    from d2lport import notebook as nb
+    nb.same_as_package(d2p, d2p.ResidualNet(), "residual_net")
+    assert "the same output for the same weights" in capsys.readouterr().out
+
+    class Renamed(d2p.ResidualNet):
+        def __init__(self):
+            super().__init__()
+            self.fc2 = nn.Identity()
+            self.add_module("fc2", self.fc)
+            del self.fc
+    with pytest.raises(AssertionError, match="parameter names differ"):
+        nb.same_as_package(d2p, Renamed(), "residual_net")
+
+    class NoResidual(d2p.ResidualNet):
+        def forward(self, x):
+            return self.fc(self.b2(self.b1(x)).flatten(1) * 0 + 1)
+    with pytest.raises(AssertionError, match="outputs differ"):
+        nb.same_as_package(d2p, NoResidual(), "residual_net")
