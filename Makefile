@@ -7,7 +7,7 @@ STAMP := $(VENV)/.d2lport-installed
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks bench clean
+.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks kill-loop bench clean
 
 # The venv is rebuilt only when the pins or the project metadata change; Debian's graphviz
 # (for the chapters' pictures) is installed when missing, as root.
@@ -36,17 +36,17 @@ test: setup data
 	$(MAKE) --no-print-directory test-notebooks
 
 test-torch: setup data
-	$(PYTEST) -m "(core or torch) and not parity" --forbid-imports tensorflow,mxnet
+	$(PYTEST) -m "(core or torch) and not parity and not killloop" --forbid-imports tensorflow,mxnet
 
 # The frameworks side by side; this process imports none (each runs in its own worker).
 test-compare: setup data
 	$(PYTEST) -m parity tests/test_compare.py --forbid-imports torch,tensorflow,mxnet
 
 test-tf: setup data
-	$(PYTEST) -m tensorflow --forbid-imports torch,mxnet
+	$(PYTEST) -m "tensorflow and not killloop" --forbid-imports torch,mxnet
 
 test-mxnet: setup data
-	$(PYTEST) -m mxnet --forbid-imports torch,tensorflow
+	$(PYTEST) -m "mxnet and not killloop" --forbid-imports torch,tensorflow
 
 # Chapters -> per-framework notebooks (jupytext), executed; nbval re-runs them in smoke mode.
 notebooks: setup data
@@ -57,6 +57,13 @@ test-notebooks: setup data
 
 notebooks-check: setup
 	bash scripts/notebooks.sh check $(PY)
+
+# Training killed with SIGKILL at 20+ points per backend (steps and the phases of a
+# checkpoint write), each resumed to the end: minutes, so outside make test.
+kill-loop: setup data
+	$(PYTEST) -m "torch and killloop" --forbid-imports tensorflow,mxnet
+	$(PYTEST) -m "tensorflow and killloop" --forbid-imports torch,mxnet
+	$(PYTEST) -m "mxnet and killloop" --forbid-imports torch,tensorflow
 
 bench: setup data
 	$(PY) -m d2lport.cli bench googlenet --batch-size 64 --steps 3

@@ -27,6 +27,7 @@ class ArrayBatches:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
         self.epoch = 0
+        self.skip = 0          # batches the next epoch starts after (a resumed run)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -40,10 +41,18 @@ class ArrayBatches:
             return np.arange(len(self.labels))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
 
+    def resume_at(self, epoch: int, batch: int = 0) -> None:
+        """The next iteration is epoch ``epoch`` (0-based) from batch ``batch`` on: the
+        order is seeded, so a position in it is two numbers."""
+        if epoch < 0 or not 0 <= batch <= len(self):
+            raise ValueError(f"cannot resume at epoch {epoch}, batch {batch} of {len(self)}")
+        self.epoch, self.skip = int(epoch), int(batch)
+
     def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         order = self.order(self.epoch)
         self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
+        first, self.skip = self.skip * self.batch_size, 0
+        for start in range(first, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             yield self.images[idx], self.labels[idx]
 
@@ -64,6 +73,10 @@ class BatchLoader:
 
     def convert(self, images: np.ndarray, labels: np.ndarray):
         raise NotImplementedError
+
+    def resume_at(self, epoch: int, batch: int = 0) -> None:
+        """See :meth:`ArrayBatches.resume_at` (``train(..., resume=True)`` calls it)."""
+        self.batches.resume_at(epoch, batch)
 
     def __iter__(self):
         for images, labels in self.batches:
