@@ -29,7 +29,9 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -51,10 +53,11 @@ class DivergenceError(ArithmeticError):
     def __init__(self, step: int, epoch: int, lr: float, loss: float, checkpoint=None):
         self.step, self.epoch, self.lr, self.loss, self.checkpoint = step, epoch, lr, loss, checkpoint
         kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+        self.suggested_lr = min(lr / 10, 0.05)
         super().__init__(
-            f"training diverged: loss {loss} at step {step} (epoch {epoch}) with learning rate "
-            f"{lr:g}{kept}. Try a smaller learning rate (e.g. --lr {lr / 10:g}), batch "
-            "normalization, or gradient clipping")
+            f"training diverged: loss {loss:g} at step {step} (epoch {epoch}) with learning "
+            f"rate {lr:g}{kept}. Try a smaller learning rate (e.g. --lr "
+            f"{self.suggested_lr:g}), batch normalization, or gradient clipping")
 
 
 @dataclass
@@ -162,9 +165,16 @@ def interrupted_message(path, step: int, epoch: int) -> str:
             "(or train(..., checkpoint_dir=..., resume=True))")
 
 
+# A mean cross-entropy this large has diverged: chance level over 10 classes is ln 10 = 2.3,
+# and a freshly initialised network of this book starts below 10.  (Seen here: lr 1e6 trained
+# a whole epoch at loss ~1e36 before the loss became infinite.)
+DIVERGED_LOSS = 1e6
+
+
 def check_loss(loss: float, step: int, epoch: int, lr: float, checkpointer=None) -> None:
-    """Raise :class:`DivergenceError` when ``loss`` is NaN or infinite."""
-    if not math.isfinite(loss):
+    """Raise :class:`DivergenceError` when ``loss`` is NaN, infinite or above
+    :data:`DIVERGED_LOSS`."""
+    if not (math.isfinite(loss) and loss <= DIVERGED_LOSS):
         last = checkpointer.latest_path() if checkpointer is not None else None
         raise DivergenceError(step, epoch, lr, loss, last)
 
@@ -196,6 +206,11 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- when
+    def resumed_at(self, step: int) -> None:
+        """A resumed run continues the schedule: the next step-based save is due
+        ``every_steps`` after the checkpoint it resumed from, as in the uninterrupted run."""
+        self._last_step, self._last_time = int(step), time.monotonic()
+
     def due(self, step: int) -> bool:
         if self.every_steps is not None:
             return step - self._last_step >= self.every_steps
@@ -351,3 +366,76 @@ def _finite(x) -> bool:
 
 def _positive_finite(x) -> bool:
     return _finite(x) and float(x) > 0
+
+
+# --------------------------------------------------------------------------- the loop's helpers
+class Position:
+    """Where a training loop is: completed epochs, batches done of the next one, optimizer
+    steps, and the running sums of the epoch in progress.  ``scalar`` turns a sum kept as a
+    device array (MXNet keeps them on the device between syncs) into a float."""
+
+    def __init__(self, scalar=float):
+        self.scalar = scalar
+        self.epoch = self.batch = self.step = self.seen = 0
+        self.loss_sum = self.correct = self.seconds = 0.0
+        self.start = time.perf_counter()
+
+    def set_partial(self, partial: dict) -> None:
+        self.loss_sum = float(partial.get("loss_sum", 0.0))
+        self.correct = float(partial.get("correct", 0.0))
+        self.seen = int(partial.get("seen", 0))
+        self.seconds = float(partial.get("seconds", 0.0))
+
+    def sums(self) -> Tuple[float, float]:
+        return tuple(v if isinstance(v, float) else self.scalar(v)
+                     for v in (self.loss_sum, self.correct))
+
+    def partial(self, now: float) -> dict:
+        loss_sum, correct = self.sums()
+        seconds = self.seconds + (now - self.start if self.batch else 0.0)
+        return {"loss_sum": loss_sum, "correct": correct, "seen": self.seen,
+                "seconds": seconds}
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch = self.seen = 0
+        self.loss_sum = self.correct = self.seconds = 0.0
+
+
+class InterruptGuard:
+    """Defers a Ctrl-C that arrives inside :meth:`hold` to the end of it, so the weights,
+    the optimizer state and the counters always describe the same finished step (an
+    optimizer updates one parameter after another: an interrupt between two would save
+    half a step).  Only installed in the main thread over Python's default SIGINT handler."""
+
+    def __init__(self):
+        self.active = self.pending = False
+
+    def _handler(self, signum, frame):
+        if self.active:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        ours = (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if ours:
+            signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            if ours:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextmanager
+    def hold(self):
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt

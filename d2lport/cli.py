@@ -81,11 +81,53 @@ def cmd_shapes(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    backend = registry.backend(args.framework)
+def _check_train_args(args) -> tuple:
+    """Every ``d2lport train`` argument checked before a framework is imported or any work
+    is done: ``(kwargs, side, every)``; a ValueError (one line, exit status 2) otherwise."""
+    from . import checkpoint
+    registry.resolve(args.model)                      # unknown model: the closest names
+    registry.normalize_framework(args.framework)      # unknown framework: the known ones
+    checkpoint.check_train_args(args.epochs, args.lr, args.optimizer, args.momentum,
+                                max_steps=None, batch_size=args.batch_size)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of examples, got {args.limit}")
+    if args.resize is not None and args.resize < 1:
+        raise ValueError(f"--resize must be a positive image side in pixels, got {args.resize}")
     # Fashion-MNIST: one channel, ten classes; fixed-size nets are built for the resize.
-    kwargs, resize = registry.kwargs_for_data(args.model, args.resize, channels=1,
-                                              num_classes=10, **_parse_kv(args.k))
+    kwargs, side = registry.kwargs_for_data(args.model, args.resize, channels=1,
+                                            num_classes=10, **_parse_kv(args.k))
+    least = specs.min_input_size(registry.get_spec(args.model, **kwargs))
+    if side < least:
+        raise ValueError(f"--resize {side} is too small for {args.model}: it needs images of "
+                         f"at least {least}x{least} pixels (e.g. --resize {least})")
+    if args.keep < 1:
+        raise ValueError(f"--keep must be >= 1 (checkpoints kept), got {args.keep}")
+    every = checkpoint.parse_every(args.checkpoint_every)
+    if args.checkpoint_every is not None and not args.checkpoint_dir:
+        raise ValueError("--checkpoint-every needs --checkpoint-dir DIR (where to write them)")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir DIR (the directory of the run to "
+                         "resume)")
+    return kwargs, side, every
+
+
+def _device(framework: str, text: Optional[str]):
+    """``--device`` as the framework takes it: torch and TensorFlow take the string; MXNet
+    takes a context (``cpu`` -> mx.cpu(), ``gpu:1`` / ``cuda:1`` -> mx.gpu(1))."""
+    if text is None or registry.normalize_framework(framework) != "mxnet":
+        return text
+    import mxnet as mx
+    kind, _, index = text.strip().lower().partition(":")
+    if kind == "cpu":
+        return mx.cpu()
+    if kind in ("gpu", "cuda") and (index or "0").isdigit():
+        return mx.gpu(int(index or 0))
+    raise ValueError(f"--device {text!r}: use cpu or gpu:N (cuda:N) with MXNet")
+
+
+def cmd_train(args) -> int:
+    kwargs, resize, _ = _check_train_args(args)
+    backend = registry.backend(args.framework)
     net = backend.create_model(args.model, seed=args.seed, **kwargs)
     train_iter, test_iter = backend.load_data_fashion_mnist(
         args.batch_size, resize=None if resize == 28 else resize, limit=args.limit,
@@ -94,9 +136,17 @@ def cmd_train(args) -> int:
           f"{train_iter.num_examples} train / {test_iter.num_examples} test examples at "
           f"{resize}x{resize}, batch {args.batch_size}, lr {args.lr}, {args.optimizer}",
           flush=True)
+    extra = {}
+    if args.checkpoint_dir:
+        # The model's keyword arguments (an alias expanded) go with every checkpoint, so a
+        # resume with another model configuration is refused instead of loading wrongly.
+        extra = dict(checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                     checkpoint_every=args.checkpoint_every, keep=args.keep,
+                     settings={"model_kwargs": registry.expand(args.model, kwargs)[1]})
     history = backend.train(net, train_iter, test_iter, num_epochs=args.epochs, lr=args.lr,
                             optimizer=args.optimizer, momentum=args.momentum,
-                            device=args.device, seed=args.seed)
+                            device=_device(args.framework, args.device), seed=args.seed,
+                            **extra)
     print(history)
     if args.save:
         # The meta must rebuild the model: an alias (vgg_d2l) expands to its fixed kwargs.
@@ -168,6 +218,17 @@ def cmd_data(args) -> int:
     return fashion_mnist.main(argv)
 
 
+TRAIN_EPILOG = """exit status:
+  0    trained (and saved what --save / --plot asked for)
+  2    bad arguments or input (one-line message; nothing was trained), bad data files,
+       or a checkpoint that cannot be resumed (another model, framework, batch size...)
+  3    training diverged: the loss became NaN or infinite (the message names the step and
+       the learning rate; the last good checkpoint is kept)
+  130  interrupted (Ctrl-C); with --checkpoint-dir a checkpoint was saved first and the
+       line printed says how to resume (--checkpoint-dir DIR --resume)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2lport", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,21 +245,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
     s.set_defaults(func=cmd_shapes)
 
-    s = sub.add_parser("train", help="train a model on Fashion-MNIST")
+    s = sub.add_parser("train", help="train a model on Fashion-MNIST",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=TRAIN_EPILOG)
     s.add_argument("model")
     s.add_argument("--framework", "-f", default="torch")
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--lr", type=float, default=0.1)
-    s.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    s.add_argument("--momentum", type=float, default=0.0)
-    s.add_argument("--resize", type=int, help="image side (default: the model's input size)")
+    s.add_argument("--epochs", type=int, default=10, help="number of epochs, >= 1 (default 10)")
+    s.add_argument("--batch-size", type=int, default=128, help="examples per step, >= 1 "
+                                                                "(default 128)")
+    s.add_argument("--lr", type=float, default=0.1, help="learning rate, finite and > 0 "
+                                                         "(default 0.1)")
+    s.add_argument("--optimizer", default="sgd", help="sgd (default) or adam")
+    s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum in [0, 1)")
+    s.add_argument("--resize", type=int, help="image side (default: the model's input size; "
+                                              "at least the network's minimum)")
     s.add_argument("--limit", type=int, help="use a seeded subset of N examples per split")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", help="e.g. cpu, cuda:0 (default: the first GPU, else CPU)")
     s.add_argument("--data", help="directory holding the four Fashion-MNIST files")
     s.add_argument("--save", help="write the trained weights to this .npz (canonical form)")
     s.add_argument("--plot", help="save the training curves to this image file")
+    s.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write checkpoints here (end of every epoch, and --checkpoint-every)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in --checkpoint-dir "
+                        "(starts from scratch when there is none yet)")
+    s.add_argument("--checkpoint-every", metavar="MINUTES|STEPS",
+                   help="also checkpoint within an epoch: every N steps (200) or minutes (5m) "
+                        "or seconds (90s); default 5m")
+    s.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
     s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
     s.set_defaults(func=cmd_train)
 
@@ -269,11 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import checkpoint
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except checkpoint.DivergenceError as err:
+        print(f"d2lport: error: {err}", file=sys.stderr)
+        return checkpoint.EXIT_DIVERGED
+    except KeyboardInterrupt:
+        # The backend has saved a checkpoint and printed how to resume, when it had a
+        # --checkpoint-dir; otherwise nothing was saved.
+        if not getattr(args, "checkpoint_dir", None):
+            print("d2lport: interrupted (nothing saved: pass --checkpoint-dir DIR to be able "
+                  "to resume)", file=sys.stderr)
+        return checkpoint.EXIT_INTERRUPTED
     except (registry.UnknownModelError, registry.FrameworkNotInstalledError,
-            specs.InputShapeError, ValueError, TypeError) as err:
+            specs.InputShapeError, checkpoint.CheckpointError, ValueError, TypeError) as err:
         print(f"d2lport: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

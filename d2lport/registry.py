@@ -142,7 +142,10 @@ def get_spec(name: str, **kwargs) -> specs.NetSpec:
     try:
         return _REGISTRY[key].factory(**merged)
     except TypeError as err:
-        raise TypeError(f"{key}: {err}") from None
+        factory = _REGISTRY[key].factory
+        takes = ", ".join(n for n in inspect.signature(factory).parameters
+                          if n not in getattr(factory, "keywords", {}))
+        raise TypeError(f"{key}: {err}; it takes {takes}") from None
 
 
 def normalize_framework(framework: str) -> str:

@@ -244,23 +244,43 @@ def infer(spec: NetSpec, input_shape: Optional[Sequence[int]] = None,
     Raises :class:`InputShapeError` with the smallest/expected size when the input cannot work.
     """
     shape = _chw(spec, input_shape)
-    if shape[0] != spec.input_shape[0]:
-        raise InputShapeError(f"{spec.name} takes {spec.input_shape[0]}-channel input, "
+    c, h, w = spec.input_shape
+    if shape[0] != c:
+        if shape[2] == c and shape[0] > 4:
+            # (H, W, C) read as (C, H, W): a channels-last batch given to an NCHW network
+            raise InputShapeError(
+                f"{spec.name} takes NCHW input (N, {c}, H, W), got {tuple(input_shape)}, "
+                f"which looks like NHWC (channels last): transpose it to NCHW first "
+                f"(torch: x.permute(0, 3, 1, 2); numpy/MXNet: x.transpose(0, 3, 1, 2))")
+        raise InputShapeError(f"{spec.name} takes {c}-channel input, "
                               f"got {shape[0]} channels: pass in_channels={shape[0]} to "
                               "create_model, or convert the images")
     if not spec.any_size and shape[1:] != spec.input_shape[1:]:
-        c, h, w = spec.input_shape
+        m = min_input_size(spec)
+        got = f"{shape[1]}x{shape[2]}"
+        if min(shape[1:]) < m:
+            # image_size=<too small> would fail in its turn: only a resize can help
+            fix = (f"the network needs at least {m}x{m}, so resize the images to {h}x{w} "
+                   f"(or build it with image_size={max(m, 1)} or more and resize to that)")
+        elif shape[1] != shape[2]:
+            fix = (f"resize the images to {h}x{w} (image_size= builds square inputs only)")
+        else:
+            fix = f"pass image_size={shape[1]} to create_model or resize the images to {h}x{w}"
         raise InputShapeError(
             f"{spec.name} is built for {h}x{w} input (its classifier's size depends on it), "
-            f"got {shape[1]}x{shape[2]}: pass image_size={shape[1]} to create_model or "
-            f"resize the images to {h}x{w}")
+            f"got {got}: {fix}")
     try:
         return _infer(spec, shape, include_aux)
     except _TooSmall as err:
         m = min_input_size(spec)
+        if input_shape is None or not spec.any_size:
+            # the network itself is built too small (create_model(image_size=...))
+            fix = (f"build it with image_size={m} or more (e.g. image_size={m}) and resize "
+                   f"the images to that size")
+        else:
+            fix = f"resize the images to at least {m}x{m} (e.g. resize={m})"
         raise InputShapeError(f"{spec.name} needs input of at least {m}x{m} pixels, got "
-                              f"{shape[1]}x{shape[2]} ({err}): resize the images "
-                              f"(e.g. resize={m})") from None
+                              f"{shape[1]}x{shape[2]} ({err}): {fix}") from None
 
 
 def _infer(spec: NetSpec, shape: Shape, include_aux: bool) -> List[BlockInfo]:

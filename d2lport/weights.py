@@ -66,8 +66,10 @@ def random_weights(spec: specs.NetSpec, seed: int = 0, scale: float = 1.0) -> We
 
 
 def save(path, weights: Mapping[str, np.ndarray], meta: Optional[dict] = None) -> Path:
-    """Write atomically: a temporary file renamed into place, so a failure never leaves a
-    half-written file or destroys the previous one."""
+    """Write atomically and durably: a temporary file, fsynced, renamed into place, then the
+    directory fsynced, so neither a failure nor a power cut leaves a half-written file or
+    destroys the previous one."""
+    from .checkpoint import fsync_dir
     path = Path(path)
     if path.suffix != ".npz":
         raise WeightsError(f"weight files are .npz archives; got {path.name!r}")
@@ -78,7 +80,10 @@ def save(path, weights: Mapping[str, np.ndarray], meta: Optional[dict] = None) -
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())          # the bytes are on disk before the name points at them
         os.replace(tmp, path)
+        fsync_dir(path.parent)            # and the rename itself survives a crash
     except BaseException:
         os.unlink(tmp)
         raise
@@ -95,5 +100,9 @@ def load(path) -> tuple:
             arrays = {k: z[k] for k in z.files}
     except Exception as err:  # zipfile/ValueError: not an npz archive
         raise WeightsError(f"{path} is not a readable .npz weight file ({err})") from None
-    meta = json.loads(bytes(arrays.pop("__meta__", np.zeros(0, np.uint8))).decode() or "{}")
+    try:
+        meta = json.loads(bytes(arrays.pop("__meta__", np.zeros(0, np.uint8))).decode() or "{}")
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WeightsError(f"{path}: its __meta__ entry is corrupt ({err}); the file was not "
+                           "written by d2lport's save_weights, or was damaged") from None
     return arrays, meta

@@ -1,5 +1,7 @@
 """Test plumbing: one framework per pytest process (see the Makefile), enforced here."""
+import ipaddress
 import os
+import socket
 import sys
 
 import pytest
@@ -46,3 +48,70 @@ def pytest_sessionfinish(session, exitstatus):
             f"FAILED: this session imported {', '.join(leaked)}, which it must not "
             "(a framework's tests import only that framework)", red=True)
         session.exitstatus = 1
+
+
+# --------------------------------------------------------------------------- no network
+class NetworkBlockedError(OSError):
+    """A test tried to reach a host other than this machine."""
+
+
+def _loopback(host) -> bool:
+    if host in ("localhost", "", None):
+        return True
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return False             # a host name: never resolved here (that is a lookup too)
+    return ip.is_loopback or ip.is_unspecified or (
+        ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def _refuse(address):
+    raise NetworkBlockedError(
+        f"network access blocked in tests: connect to {address!r} refused before any packet "
+        "was sent (only loopback is allowed; a hidden download? inject a fetch or use "
+        "local files)")
+
+
+def _guard(address, family=None):
+    if family == getattr(socket, "AF_UNIX", object()):
+        return
+    if isinstance(address, (tuple, list)) and address and not _loopback(address[0]):
+        _refuse(address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def block_network():
+    """Every test runs with sockets able to reach loopback only (multi-process training on
+    localhost works; a download, a DNS-free connect to a remote address, ... fails at once
+    with NetworkBlockedError).  ``getaddrinfo`` of a remote name is refused too."""
+    mp = pytest.MonkeyPatch()
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_create, real_getaddrinfo = socket.create_connection, socket.getaddrinfo
+
+    def connect(self, address):
+        _guard(address, self.family)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        _guard(address, self.family)
+        return real_connect_ex(self, address)
+
+    def create_connection(address, *args, **kwargs):
+        _guard(address)
+        return real_create(address, *args, **kwargs)
+
+    own = {socket.gethostname()}     # this machine under its own name
+
+    def getaddrinfo(host, *args, **kwargs):
+        host = host.decode() if isinstance(host, bytes) else host
+        if host not in own and not _loopback(host):
+            _refuse((host,) + tuple(args[:1]))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    mp.setattr(socket.socket, "connect", connect)
+    mp.setattr(socket.socket, "connect_ex", connect_ex)
+    mp.setattr(socket, "create_connection", create_connection)
+    mp.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    mp.undo()

@@ -89,8 +89,11 @@ def test_divergence_message_names_step_lr_and_what_to_try(tmp_path):
     ck.save(C.TrainState(step=4), _payload(4))
     with pytest.raises(C.DivergenceError, match=r"loss nan at step 7 \(epoch 2\) with learning "
                                                 r"rate 10; the last good checkpoint is .*"
-                                                r"ckpt-00000004.*--lr 1\b"):
+                                                r"ckpt-00000004.*--lr 0.05\b"):
         C.check_loss(float("nan"), 7, 2, 10.0, ck)
+    with pytest.raises(C.DivergenceError, match=r"loss 2e\+36 at step 1"):
+        C.check_loss(2e36, 1, 1, 1e6)
+    C.check_loss(C.DIVERGED_LOSS, 1, 1, 0.1)
 
 
 @pytest.mark.parametrize("kwargs,message", [

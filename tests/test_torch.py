@@ -250,3 +250,16 @@ def test_notebook_check_that_a_typed_class_is_the_package_model(capsys):
             return self.fc(self.b2(self.b1(x)).flatten(1) * 0 + 1)
     with pytest.raises(AssertionError, match="outputs differ"):
         nb.same_as_package(d2p, NoResidual(), "residual_net")
+
+
+def test_the_learning_rate_a_divergence_suggests_trains(capsys):
+    """DivergenceError proposes a smaller learning rate: that rate then trains."""
+    from d2lport import checkpoint
+    train_iter, test_iter = d2p.load_data_fashion_mnist(32, limit=128, seed=0)
+    with pytest.raises(checkpoint.DivergenceError) as err:
+        d2p.train(d2p.create_model("residual_net", seed=0), train_iter, test_iter,
+                  num_epochs=1, lr=1e30, seed=0)
+    assert f"--lr {err.value.suggested_lr:g}" in str(err.value)
+    history = d2p.train(d2p.create_model("residual_net", seed=0), train_iter, test_iter,
+                        num_epochs=1, lr=err.value.suggested_lr, seed=0)
+    assert np.isfinite(history.loss[0]) and history.loss[0] < 10

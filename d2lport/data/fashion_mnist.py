@@ -44,6 +44,11 @@ FILES = {
     't10k-labels-idx1-ubyte': (
         '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34', 10008),
 }
+# name -> the array shape the file holds (to tell "another data set" from "damaged")
+SHAPES = {
+    'train-images-idx3-ubyte': (60000, 28, 28), 'train-labels-idx1-ubyte': (60000,),
+    't10k-images-idx3-ubyte': (10000, 28, 28), 't10k-labels-idx1-ubyte': (10000,),
+}
 SPLITS = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
@@ -192,10 +197,19 @@ def _locate(root=None):
     """Return (directory, how it was found) for the first complete directory."""
     tried = []
     for directory, source in _candidates(root):
+        if directory.exists() and not directory.is_dir():
+            tried.append(f'  {directory}  ({source}): is a file, not a directory')
+            continue
         if not directory.is_dir():
             tried.append(f'  {directory}  ({source}): no such directory')
             continue
-        missing = [n for n in FILES if _find_file(directory, n) is None]
+        try:
+            os.listdir(directory)      # unreadable: say so rather than "files missing"
+            missing = [n for n in FILES if _find_file(directory, n) is None]
+        except OSError as e:
+            tried.append(f'  {directory}  ({source}): cannot be read ({e.strerror or e}): '
+                         'check its permissions (e.g. chmod u+rx)')
+            continue
         if not missing:
             return directory, source
         tried.append(f'  {directory}  ({source}): missing '
@@ -222,13 +236,38 @@ def _key(path):
 
 def _entry(path, payload, fix=BAD_FILE_FIX):
     """verify() entry for a decompressed payload that belongs at ``path``."""
-    sha, size = FILES[_base_name(path)]
+    name = _base_name(path)
+    sha, size = FILES[name]
     digest = hashlib.sha256(payload).hexdigest()
     ok = digest == sha and len(payload) == size
+    message = 'ok'
+    if not ok:
+        dims = _idx_dims(payload)
+        what = (f'payload sha256 {digest}, {len(payload)} bytes; expected {sha}, {size} bytes')
+        if dims is not None and dims != SHAPES[name]:
+            message = (f'{path.name} in {path.parent} is a valid IDX file holding {dims}, not '
+                       f'Fashion-MNIST (its {name} holds {SHAPES[name]}; {what}): another data '
+                       f'set in the Fashion-MNIST directory? {fix}')
+        elif dims is not None:
+            message = (f'{path.name} in {path.parent} fails its checksum ({what}): damaged, or '
+                       'another data set of the same layout (e.g. MNIST), not Fashion-MNIST: '
+                       f'{fix}')
+        else:       # not even well-formed: say how (truncated, bad magic...), not just "checksum"
+            try:
+                _parse_idx(payload, path)
+                message = f'{path.name} in {path.parent} fails its checksum ({what}): {fix}'
+            except DataError as e:
+                message = str(e).replace(BAD_FILE_FIX, fix)
     return {'path': path, 'ok': ok, 'sha256': digest, 'bytes': len(payload),
-            'message': 'ok' if ok else (
-                f'{path.name} in {path.parent} fails its checksum (payload sha256 {digest}, '
-                f'{len(payload)} bytes; expected {sha}, {size} bytes): {fix}')}
+            'message': message}
+
+
+def _idx_dims(payload):
+    """The dims of a well-formed IDX payload (exact length), else None."""
+    try:
+        return _parse_idx(payload, 'payload').shape
+    except DataError:
+        return None
 
 
 def _check(path, payload=None):

@@ -1,13 +1,17 @@
 """Training and evaluation for the TensorFlow backend: a compiled (``tf.function``) step,
-the same algorithm and the same :class:`History` as the PyTorch backend."""
+the same algorithm and the same :class:`History` as the PyTorch backend, with checkpoints
+(``tf.train.Checkpoint``) that a killed or Ctrl-C'd run resumes from."""
 from __future__ import annotations
 
+import itertools
 import time
+from pathlib import Path
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
+from .. import checkpoint
 from ..common import AuxOutputs, History, Progress, combined_loss_weights, progress_default
 
 
@@ -114,10 +118,67 @@ def _train_step(net, opt, weight_decay: float):
     return step
 
 
+def _generators(net):
+    """Every layer's dropout ``SeedGenerator`` (Keras draws from its state variable), keyed
+    by the layer's index in the walk (auto-named layers get other names in another run)."""
+    layers = net._flatten_layers(include_self=False, recursive=True)
+    return [(str(i), layer.seed_generator)
+            for i, layer in enumerate(layers) if getattr(layer, "seed_generator", None)]
+
+
+def _payload(net, opt) -> tf.train.Checkpoint:
+    # TensorFlow's own checkpoint format: weights, BatchNorm statistics and the optimizer's
+    # slots and step counter, restored into the same variables (the traced step keeps them).
+    # The dropout generators' states are Keras variables tf.train.Checkpoint does not track:
+    # they go into TrainState.rng (two integers each), see _rng_state.
+    return tf.train.Checkpoint(model=net, optimizer=opt)
+
+
+def _rng_state(net) -> dict:
+    return {"seed_generators": {k: [int(v) for v in g.state.numpy()]
+                                for k, g in _generators(net)}}
+
+
+def _set_rng_state(net, rng: dict) -> None:
+    saved = rng.get("seed_generators", {})
+    for key, gen in _generators(net):
+        if key in saved:
+            gen.state.assign(tf.constant(saved[key], dtype=gen.state.dtype))
+
+
+def _restore(found, payload, net, opt, lr, train_iter):
+    """Load checkpoint ``found`` = (path, state) into ``net``/``opt``; position the loader.
+    Returns how many batches of the resumed epoch train() must skip itself."""
+    path, state = found
+    try:
+        payload.read(str(path / "tf" / "ckpt")).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise checkpoint.CheckpointError(
+            f"{path}: the TensorFlow checkpoint does not fit this model/optimizer ({first}). "
+            "Resume with the same model and settings, or use another --checkpoint-dir") from None
+    # The restored optimizer carries the old learning rate: a resume after a divergence
+    # with a smaller --lr must use the new one.
+    opt.learning_rate = lr
+    _set_rng_state(net, state.rng)
+    print(f"resuming from {path}: epoch {state.epoch}, batch {state.batch} (step {state.step})")
+    if hasattr(train_iter, "resume_at"):
+        train_iter.resume_at(state.epoch, state.batch)
+        return 0
+    batches = getattr(train_iter, "batches", None)
+    if hasattr(batches, "resume_at"):
+        # The tf.data loader walks ArrayBatches.order(epoch) itself and does not read the
+        # skip count: position the epoch there, skip the batches here.
+        batches.resume_at(state.epoch, 0)
+    return state.batch
+
+
 def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
           optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
           device=None, seed: Optional[int] = None, amp: Optional[bool] = None,
-          progress: Optional[bool] = None, max_steps: Optional[int] = None) -> History:
+          progress: Optional[bool] = None, max_steps: Optional[int] = None,
+          checkpoint_dir=None, resume: bool = False, checkpoint_every=None, keep: int = 3,
+          settings: Optional[dict] = None) -> History:
     """Train with SGD (D2L's default) or Adam; returns a per-epoch :class:`History`.
 
     ``device``: default :func:`try_gpu`.  ``amp`` (default: on GPU) computes in bfloat16
@@ -125,15 +186,31 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     call only.  ``seed`` fixes dropout and other TF randomness (build the model and the
     loader with seeds too for a repeatable run).  ``max_steps`` stops each epoch early.
     ``seconds``/``examples_per_sec`` exclude the one-off tracing of the compiled step.
+
+    ``checkpoint_dir``: save a checkpoint (weights, optimizer, dropout RNG, position,
+    history) at the end of every epoch and every ``checkpoint_every`` (steps ``200`` or time
+    ``"5m"``; default 5 minutes) within one, keeping the last ``keep``; Ctrl-C saves too.
+    ``resume=True`` continues from the newest intact one.  A non-finite loss raises
+    :class:`d2lport.checkpoint.DivergenceError` at that step.
     """
+    checkpoint.check_train_args(num_epochs, lr, optimizer, momentum, weight_decay, max_steps)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir=...")
+    model_name = getattr(getattr(net, "spec", None), "name", net.name)
+    ck = None
+    if checkpoint_dir is not None:
+        ck = checkpoint.Checkpointer(checkpoint_dir, {
+            "model": model_name, "framework": "tensorflow", "optimizer": optimizer,
+            "batch_size": getattr(getattr(train_iter, "batches", None), "batch_size", None),
+            "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
+            **(settings or {})}, keep, *checkpoint.parse_every(checkpoint_every))
     if seed is not None:
         keras.utils.set_random_seed(seed)
         _reseed(net, seed)
     device = device or try_gpu()
     amp = ("GPU" in device.upper()) if amp is None else amp
     progress = progress_default() if progress is None else progress
-    history = History(framework="tensorflow", device=device,
-                      model=getattr(getattr(net, "spec", None), "name", net.name))
+    history = History(framework="tensorflow", device=device, model=model_name)
     policy = net.dtype_policy.name
     if amp:
         _set_policy(net, "mixed_bfloat16")
@@ -141,34 +218,100 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
         with tf.device(device):
             opt = _optimizer(optimizer, lr, momentum)
             opt.build(net.trainable_variables)   # variables outside the traced step
-            step_fn, compiled = _train_step(net, opt, weight_decay), None
-            for epoch in range(1, num_epochs + 1):
-                loss_sum = correct = seen = 0.0
-                bar = Progress(progress, len(train_iter), f"epoch {epoch}/{num_epochs}")
-                start = time.perf_counter()
-                for step, (X, y) in enumerate(train_iter):
-                    if max_steps is not None and step >= max_steps:
-                        break
-                    if compiled is None:
-                        traced = time.perf_counter()
-                        compiled = tf.function(step_fn, input_signature=[
-                            tf.TensorSpec((None,) + tuple(X.shape[1:]), X.dtype),
-                            tf.TensorSpec((None,), y.dtype)])
-                        compiled.get_concrete_function()
-                        start += time.perf_counter() - traced
-                    loss, right = compiled(X, y)
-                    n = int(y.shape[0])
-                    loss_sum += float(loss) * n
-                    correct += int(right)
-                    seen += n
-                    bar.update(1, loss=loss_sum / seen)
-                elapsed = time.perf_counter() - start
-                bar.close()
-                test_acc = evaluate(net, test_iter, device)
-                history.append(epoch=epoch, loss=loss_sum / max(seen, 1),
-                               train_acc=correct / max(seen, 1), test_acc=test_acc,
-                               examples_per_sec=seen / max(elapsed, 1e-9), seconds=elapsed)
+            payload = _payload(net, opt)
+            pos, skip, saved = checkpoint.TrainState(), 0, None
+            if resume:
+                found = ck.latest()
+                if found is None:
+                    print(f"no checkpoint in {ck.directory} yet: starting from scratch")
+                else:
+                    pos = found[1]
+                    skip = _restore(found, payload, net, opt, lr, train_iter)
+                    history.epochs = [dict(e) for e in pos.history]
+                    saved = (found[0], (pos.epoch, pos.batch, pos.step))
+            return _loop(net, train_iter, test_iter, num_epochs, device, progress, max_steps,
+                         lr, opt, _train_step(net, opt, weight_decay), payload, ck, pos,
+                         skip, saved, history)
     finally:
         if amp:
             _set_policy(net, policy)
+
+
+def _loop(net, train_iter, test_iter, num_epochs, device, progress, max_steps, lr, opt,
+          step_fn, payload, ck, pos, skip, saved, history) -> History:
+    """The epochs from position ``pos`` on (a fresh TrainState: the start); ``saved``: the
+    checkpoint already holding this position, if any."""
+    step, batch, sums = pos.step, pos.batch, pos.partial or {}
+    loss_sum, correct, seen = sums.get("loss_sum", 0.0), sums.get("correct", 0), sums.get("seen", 0)
+    seconds, stepping, compiled = sums.get("seconds", 0.0), False, None
+    per_epoch = len(train_iter) if max_steps is None else min(len(train_iter), max_steps)
+
+    def save(epoch, batch, partial):
+        nonlocal saved
+        if saved is not None and saved[1] == (epoch, batch, step):
+            return saved[0]                   # nothing new since the last save
+        state = checkpoint.TrainState(epoch=epoch, batch=batch, step=step,
+                                      history=history.to_records(), rng=_rng_state(net),
+                                      partial=partial)
+        path = ck.save(state, lambda tmp: payload.write(str(Path(tmp) / "tf" / "ckpt")))
+        saved = (path, (epoch, batch, step))
+        return path
+
+    def partial():
+        return dict(loss_sum=loss_sum, correct=correct, seen=seen,
+                    seconds=time.perf_counter() - start if stepping else seconds)
+
+    epoch, start = pos.epoch, time.perf_counter() - seconds
+    try:
+        for epoch in range(pos.epoch, num_epochs):
+            bar = Progress(progress, len(train_iter), f"epoch {epoch + 1}/{num_epochs}")
+            bar.update(batch)
+            start, stepping = time.perf_counter() - seconds, True
+            batches = iter(train_iter)
+            if skip:
+                batches, skip = itertools.islice(batches, skip, None), 0
+            for i, (X, y) in enumerate(batches, start=batch):
+                if max_steps is not None and i >= max_steps:
+                    break
+                if compiled is None:
+                    traced = time.perf_counter()
+                    compiled = tf.function(step_fn, input_signature=[
+                        tf.TensorSpec((None,) + tuple(X.shape[1:]), X.dtype),
+                        tf.TensorSpec((None,), y.dtype)])
+                    compiled.get_concrete_function()
+                    start += time.perf_counter() - traced
+                loss, right = compiled(X, y)
+                value, right, n = float(loss), int(right), int(y.shape[0])
+                # One statement (no call inside): a Ctrl-C never sees the position half-updated.
+                step, batch, loss_sum, correct, seen = (step + 1, i + 1, loss_sum + value * n,
+                                                        correct + right, seen + n)
+                checkpoint.check_loss(value, step, epoch + 1, lr, ck)
+                checkpoint.after_step(step)
+                bar.update(1, loss=loss_sum / seen)
+                if ck is not None and batch < per_epoch and ck.due(step):
+                    saving = time.perf_counter()
+                    save(epoch, batch, partial())
+                    start += time.perf_counter() - saving     # not training time
+            seconds, stepping = time.perf_counter() - start, False
+            bar.close()
+            test_acc = evaluate(net, test_iter, device)
+            history.append(epoch=epoch + 1, loss=loss_sum / max(seen, 1),
+                           train_acc=correct / max(seen, 1), test_acc=test_acc,
+                           examples_per_sec=seen / max(seconds, 1e-9), seconds=seconds)
+            batch, loss_sum, correct, seen, seconds = 0, 0.0, 0, 0, 0.0
+            if ck is not None:
+                save(epoch + 1, 0, {})
+    except KeyboardInterrupt:
+        if ck is None:
+            raise
+        if int(opt.iterations.numpy()) != step:
+            # Interrupted between the optimizer's update and the bookkeeping: the weights
+            # are past the last counted step, so this state is not saved.
+            print(f"interrupted during step {step + 1}: not saved; the last checkpoint is "
+                  f"{ck.latest_path()} (resume with --checkpoint-dir {ck.directory} --resume)")
+            raise
+        done = len(history.epochs)            # epochs whose history entry exists
+        path = save(done, 0, {}) if done > epoch else save(epoch, batch, partial())
+        print(checkpoint.interrupted_message(path, step, epoch + 1))
+        raise
     return history
