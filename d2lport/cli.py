@@ -111,20 +111,6 @@ def _check_train_args(args) -> tuple:
     return kwargs, side, every
 
 
-def _device(framework: str, text: Optional[str]):
-    """``--device`` as the framework takes it: torch and TensorFlow take the string; MXNet
-    takes a context (``cpu`` -> mx.cpu(), ``gpu:1`` / ``cuda:1`` -> mx.gpu(1))."""
-    if text is None or registry.normalize_framework(framework) != "mxnet":
-        return text
-    import mxnet as mx
-    kind, _, index = text.strip().lower().partition(":")
-    if kind == "cpu":
-        return mx.cpu()
-    if kind in ("gpu", "cuda") and (index or "0").isdigit():
-        return mx.gpu(int(index or 0))
-    raise ValueError(f"--device {text!r}: use cpu or gpu:N (cuda:N) with MXNet")
-
-
 def cmd_train(args) -> int:
     kwargs, resize, _ = _check_train_args(args)
     backend = registry.backend(args.framework)
@@ -145,7 +131,7 @@ def cmd_train(args) -> int:
                      settings={"model_kwargs": registry.expand(args.model, kwargs)[1]})
     history = backend.train(net, train_iter, test_iter, num_epochs=args.epochs, lr=args.lr,
                             optimizer=args.optimizer, momentum=args.momentum,
-                            device=_device(args.framework, args.device), seed=args.seed,
+                            device=args.device, seed=args.seed,
                             **extra)
     print(history)
     if args.save:

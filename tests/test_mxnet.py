@@ -447,3 +447,16 @@ def test_numpy_too_new_is_a_clear_import_error():
 def test_try_gpu_falls_back_to_cpu():
     expected = mx.gpu(0) if mx.context.num_gpus() else mx.cpu()
     assert d2p.try_gpu() == expected
+
+
+def test_device_strings_like_the_other_backends():
+    """train/evaluate take "cpu" / "gpu:N" as torch and TensorFlow do (the CLI passes them)."""
+    from d2lport.mxnet.train import context
+    assert context("cpu") == mx.cpu() and context("cuda:1") == mx.gpu(1)
+    assert context(mx.cpu()) == mx.cpu() and context(None) is None
+    with pytest.raises(ValueError, match="device 'tpu': use 'cpu' or 'gpu:N'"):
+        context("tpu")
+    train_iter, test_iter = d2p.load_data_fashion_mnist(32, limit=64, seed=0)
+    history = d2p.train(d2p.create_model("residual_net", seed=0), train_iter, test_iter,
+                        num_epochs=1, lr=0.05, device="cpu", progress=False)
+    assert history.device == str(mx.cpu())

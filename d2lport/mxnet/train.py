@@ -44,6 +44,19 @@ def _logits(outputs):
     return outputs.logits if isinstance(outputs, AuxOutputs) else outputs
 
 
+def context(device) -> mx.Context:
+    """``device`` as MXNet takes it: a Context, or a string like the other backends take
+    (``"cpu"``, ``"gpu:1"``, ``"cuda:1"``)."""
+    if device is None or isinstance(device, mx.Context):
+        return device
+    kind, _, index = str(device).strip().lower().partition(":")
+    if kind == "cpu":
+        return mx.cpu()
+    if kind in ("gpu", "cuda") and (index or "0").isdigit():
+        return mx.gpu(int(index or 0))
+    raise ValueError(f"device {device!r}: use 'cpu' or 'gpu:N' ('cuda:N'), or an mx.Context")
+
+
 def _model_ctx(net) -> mx.Context:
     for param in net.collect_params().values():
         return param.list_ctx()[0]
@@ -61,7 +74,7 @@ def _scalar(array) -> float:
 
 def evaluate(net, data_iter, device=None) -> float:
     """Accuracy of ``net`` over ``data_iter`` in inference mode (outside autograd.record)."""
-    ctx = device or _model_ctx(net)
+    ctx = context(device) or _model_ctx(net)
     correct, total = 0.0, 0         # correct: an array on the device after the first batch
     for X, y in data_iter:
         y = to_ctx(y, ctx)
@@ -104,7 +117,7 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)
-    ctx = device if device is not None else try_gpu()
+    ctx = context(device) if device is not None else try_gpu()
     progress = progress_default() if progress is None else progress
     net.collect_params().reset_ctx(ctx)
     # A list in the network's own order, not the ParameterDict: Trainer sorts a dict by
