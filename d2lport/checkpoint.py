@@ -368,6 +368,39 @@ def _positive_finite(x) -> bool:
     return _finite(x) and float(x) > 0
 
 
+# --------------------------------------------------------------------------- a run's start
+def open_run(checkpoint_dir, resume: bool, framework: str, model: str, train_iter,
+             optimizer: str, lr: float, momentum: float, weight_decay: float, seed,
+             settings: Optional[dict] = None, keep: int = 3,
+             checkpoint_every=None) -> Optional[Checkpointer]:
+    """The :class:`Checkpointer` of a ``train(..., checkpoint_dir=...)`` call (None without
+    a directory), its settings the ones every backend records and checks on resume."""
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir=...")
+    every = parse_every(checkpoint_every)
+    if checkpoint_dir is None:
+        return None
+    batches = getattr(train_iter, "batches", None)
+    return Checkpointer(checkpoint_dir, {
+        "model": model, "framework": framework, "optimizer": optimizer,
+        "batch_size": getattr(batches, "batch_size", None), "lr": lr, "momentum": momentum,
+        "weight_decay": weight_decay, "seed": seed, **(settings or {})}, keep, *every)
+
+
+def resume_position(ck: Checkpointer, path: Path, state: TrainState, train_iter) -> int:
+    """After a backend loaded checkpoint ``path``: continue the save schedule, put the
+    loader at the checkpoint's place in the seeded order and say so.  Returns how many
+    batches the loop must skip itself (a loader without ``resume_at``, e.g. a torch
+    ``DataLoader``, whose order is not ours to set)."""
+    ck.resumed_at(state.step)
+    print(f"resuming from {path}: epoch {state.epoch}, batch {state.batch} "
+          f"(step {state.step})")
+    if hasattr(train_iter, "resume_at"):
+        train_iter.resume_at(state.epoch, state.batch)
+        return 0
+    return state.batch
+
+
 # --------------------------------------------------------------------------- the loop's helpers
 class Position:
     """Where a training loop is: completed epochs, batches done of the next one, optimizer

@@ -112,8 +112,6 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     infinite loss raises :class:`~d2lport.checkpoint.DivergenceError`.
     """
     checkpoint.check_train_args(num_epochs, lr, optimizer, momentum, weight_decay, max_steps)
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir=...")
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)
@@ -129,14 +127,9 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     model_name = getattr(getattr(net, "spec", None), "name", type(net).__name__)
     history = History(framework="mxnet", device=str(ctx), model=model_name)
 
-    ck = None
-    if checkpoint_dir is not None:
-        batches = getattr(train_iter, "batches", None)
-        ck = checkpoint.Checkpointer(checkpoint_dir, {
-            "model": model_name, "framework": "mxnet", "optimizer": optimizer,
-            "batch_size": getattr(batches, "batch_size", None), "lr": lr,
-            "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
-            **(settings or {})}, keep, *checkpoint.parse_every(checkpoint_every))
+    ck = checkpoint.open_run(checkpoint_dir, resume, "mxnet", model_name, train_iter,
+                             optimizer, lr, momentum, weight_decay, seed, settings, keep,
+                             checkpoint_every)
 
     # Where the run is; only changed inside `guard.hold()`, so a Ctrl-C always finds a
     # consistent position (after a finished step) to save.
@@ -152,13 +145,7 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
             history.epochs = [dict(e) for e in state.history]
             pos.epoch, pos.batch, pos.step = state.epoch, state.batch, state.step
             pos.set_partial(state.partial)
-            ck.resumed_at(state.step)
-            if hasattr(train_iter, "resume_at"):
-                train_iter.resume_at(state.epoch, state.batch)
-            else:
-                skip = state.batch
-            print(f"resuming from {path}: epoch {state.epoch}, batch {state.batch} "
-                  f"(step {state.step})")
+            skip = checkpoint.resume_position(ck, path, state, train_iter)
 
     def save() -> Path:
         state = checkpoint.TrainState(

@@ -55,8 +55,14 @@ class FashionMNISTLoader:
     def num_examples(self):
         return self.batches.num_examples
 
-    def dataset(self, epoch: Optional[int] = None) -> tf.data.Dataset:
+    def resume_at(self, epoch: int, batch: int = 0) -> None:
+        """The next iteration is epoch ``epoch`` from batch ``batch`` on (a resumed run)."""
+        self.batches.resume_at(epoch, batch)
+
+    def dataset(self, epoch: Optional[int] = None, start: int = 0) -> tf.data.Dataset:
+        """One epoch's batches, from batch ``start`` of its seeded order on."""
         order = self.batches.order(self.batches.epoch if epoch is None else epoch)
+        order = order[start * self.batches.batch_size:]
 
         def load(idx):
             return (to_tensor(tf.gather(self._images, idx), self.resize),
@@ -68,8 +74,8 @@ class FashionMNISTLoader:
                 .prefetch(tf.data.AUTOTUNE))
 
     def __iter__(self):
-        ds = self.dataset()
-        self.batches.epoch += 1
+        ds = self.dataset(start=self.batches.skip)
+        self.batches.epoch, self.batches.skip = self.batches.epoch + 1, 0
         return iter(ds)
 
 

@@ -146,7 +146,7 @@ def _set_rng_state(net, rng: dict) -> None:
             gen.state.assign(tf.constant(saved[key], dtype=gen.state.dtype))
 
 
-def _restore(found, payload, net, opt, lr, train_iter):
+def _restore(ck, found, payload, net, opt, lr, train_iter):
     """Load checkpoint ``found`` = (path, state) into ``net``/``opt``; position the loader.
     Returns how many batches of the resumed epoch train() must skip itself."""
     path, state = found
@@ -161,16 +161,7 @@ def _restore(found, payload, net, opt, lr, train_iter):
     # with a smaller --lr must use the new one.
     opt.learning_rate = lr
     _set_rng_state(net, state.rng)
-    print(f"resuming from {path}: epoch {state.epoch}, batch {state.batch} (step {state.step})")
-    if hasattr(train_iter, "resume_at"):
-        train_iter.resume_at(state.epoch, state.batch)
-        return 0
-    batches = getattr(train_iter, "batches", None)
-    if hasattr(batches, "resume_at"):
-        # The tf.data loader walks ArrayBatches.order(epoch) itself and does not read the
-        # skip count: position the epoch there, skip the batches here.
-        batches.resume_at(state.epoch, 0)
-    return state.batch
+    return checkpoint.resume_position(ck, path, state, train_iter)
 
 
 def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
@@ -194,16 +185,10 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
     :class:`d2lport.checkpoint.DivergenceError` at that step.
     """
     checkpoint.check_train_args(num_epochs, lr, optimizer, momentum, weight_decay, max_steps)
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir=...")
     model_name = getattr(getattr(net, "spec", None), "name", net.name)
-    ck = None
-    if checkpoint_dir is not None:
-        ck = checkpoint.Checkpointer(checkpoint_dir, {
-            "model": model_name, "framework": "tensorflow", "optimizer": optimizer,
-            "batch_size": getattr(getattr(train_iter, "batches", None), "batch_size", None),
-            "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
-            **(settings or {})}, keep, *checkpoint.parse_every(checkpoint_every))
+    ck = checkpoint.open_run(checkpoint_dir, resume, "tensorflow", model_name, train_iter,
+                             optimizer, lr, momentum, weight_decay, seed, settings, keep,
+                             checkpoint_every)
     if seed is not None:
         keras.utils.set_random_seed(seed)
         _reseed(net, seed)
@@ -226,7 +211,7 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
                     print(f"no checkpoint in {ck.directory} yet: starting from scratch")
                 else:
                     pos = found[1]
-                    skip = _restore(found, payload, net, opt, lr, train_iter)
+                    skip = _restore(ck, found, payload, net, opt, lr, train_iter)
                     history.epochs = [dict(e) for e in pos.history]
                     saved = (found[0], (pos.epoch, pos.batch, pos.step))
             return _loop(net, train_iter, test_iter, num_epochs, device, progress, max_steps,
