@@ -66,7 +66,8 @@ kill-loop: setup data
 	$(PYTEST) -m "mxnet and killloop" --forbid-imports torch,tensorflow
 
 bench: setup data
-	$(PY) -m d2lport.cli bench googlenet --batch-size 64 --steps 3
+	$(PY) -m d2lport.cli bench googlenet vgg_d2l --batch-size 128 --steps 3 --repeats 3 \
+	    --json benchmarks/latest.json --markdown benchmarks/latest.md --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

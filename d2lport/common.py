@@ -14,6 +14,24 @@ from . import specs
 AuxOutputs = namedtuple("AuxOutputs", ["logits", "aux"])
 
 
+def physical_cores() -> int:
+    """Physical CPU cores this process may run on (hyperthreads of one core count once):
+    the thread count that suits OpenMP's compute loops.  Linux's topology files; elsewhere
+    the number of usable logical CPUs."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
 def combined_loss_weights(n_aux: int) -> List[float]:
     """Weights of [main, aux1, aux2, ...] in the total loss (Szegedy et al. 2014: 0.3)."""
     return [1.0] + [specs.AUX_LOSS_WEIGHT] * n_aux

@@ -15,6 +15,7 @@ This module imports no framework.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -326,6 +327,25 @@ def min_input_size(spec: NetSpec) -> int:
 def count_params(spec: NetSpec, include_aux: bool = True) -> int:
     """Trainable parameters (BatchNorm running statistics excluded)."""
     return sum(r.params for r in infer(spec, include_aux=include_aux))
+
+
+def flops(spec: NetSpec, input_shape: Optional[Sequence[int]] = None,
+          include_aux: bool = False) -> int:
+    """Floating-point operations of one example's forward pass, counting the convolutions'
+    and dense layers' multiply-adds as two each (pooling, ReLU, BatchNorm and LRN are a few
+    per activation and left out).  A training step costs about three times this: the
+    backward pass computes a gradient for the inputs and one for the weights, each as large
+    as the forward product."""
+    total = 0
+    for row in infer(spec, input_shape, include_aux=include_aux):
+        for leaf in row.layers:
+            layer = leaf.layer
+            if isinstance(layer, Conv):
+                c_out, h, w = leaf.out_shape
+                total += 2 * leaf.in_shape[0] * layer.kernel ** 2 * c_out * h * w
+            elif isinstance(layer, Dense):
+                total += 2 * math.prod(leaf.in_shape) * layer.out_features
+    return total
 
 
 def iter_leaves(spec: NetSpec, include_aux: bool = True) -> Iterator[LayerInfo]:

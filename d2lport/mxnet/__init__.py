@@ -18,6 +18,14 @@ kills the process or fails deep inside MXNet:
 * MXNet 1.9.1, its last release, reads ``numpy.bool`` at import (``mxnet/numpy/utils.py``:
   ``bool = onp.bool``), an alias numpy 1.24 removed.  d2lport pins ``numpy<1.24`` rather
   than patching numpy; a newer numpy raises an ImportError that says so.
+
+One setting is made here too, for speed: MXNet starts half as many OpenMP threads as the
+machine has cores unless ``OMP_NUM_THREADS`` says otherwise (it assumes two hyperthreads per
+core), and reads the variable only when it is imported.  On this project's 2-core machine
+that one thread trained GoogLeNet at 40 examples/s instead of 62.  So when MXNet is not yet
+imported and ``OMP_NUM_THREADS`` is unset, it is set to the number of physical cores this
+process may use (``D2LPORT_MXNET_THREADS=mxnet`` keeps MXNet's own default, e.g. for the
+benchmark's book path).
 """
 from __future__ import annotations
 
@@ -44,7 +52,23 @@ def _check_environment() -> None:
             "(or `pip install 'd2lport[mxnet]'`, which pins it).")
 
 
+def _set_threads() -> None:
+    import os
+    import warnings
+    from ..common import physical_cores
+    if os.environ.get("D2LPORT_MXNET_THREADS", "").strip().lower() == "mxnet":
+        return
+    if "mxnet" in _sys.modules:
+        if "OMP_NUM_THREADS" not in os.environ and physical_cores() > 1:
+            warnings.warn("mxnet was imported before d2lport.mxnet with OMP_NUM_THREADS unset, "
+                          "so it uses half the CPU cores; import d2lport.mxnet first or set "
+                          f"OMP_NUM_THREADS={physical_cores()}", stacklevel=3)
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(physical_cores()))
+
+
 _check_environment()
+_set_threads()
 
 from collections import OrderedDict  # noqa: E402
 from typing import Dict, List, Sequence  # noqa: E402

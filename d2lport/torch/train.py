@@ -45,10 +45,22 @@ def _model_device(net) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _is_channels_last(net) -> bool:
+    """Whether ``net``'s convolutions hold their weights channels-last (``train`` puts them
+    so): the input should then be channels-last too, or every conv converts it."""
+    for p in net.parameters():
+        if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 @torch.no_grad()
-def evaluate(net, data_iter, device=None, channels_last: bool = False) -> float:
-    """Accuracy of ``net`` over ``data_iter`` in evaluation mode."""
+def evaluate(net, data_iter, device=None, channels_last: Optional[bool] = None) -> float:
+    """Accuracy of ``net`` over ``data_iter`` in evaluation mode.  ``channels_last``:
+    default, the layout of the net's own weights."""
     device = device or _model_device(net)
+    if channels_last is None:
+        channels_last = _is_channels_last(net)
     was_training = net.training
     net.eval()
     correct = total = 0

@@ -1,0 +1,114 @@
+"""``d2lport bench``: every (framework, network, path) measured in its own worker process,
+one after another (the machine's cores to one run at a time, a fair clock, and each run's
+peak memory its own), plus each framework's matrix-multiply rate, into a
+:class:`~d2lport.bench.report.BenchReport`.  Imports no framework."""
+from __future__ import annotations
+
+import datetime
+import platform
+from importlib import metadata
+from typing import Optional, Sequence
+
+from .. import registry, specs, worker
+from ..common import physical_cores
+from ..compare.workers import _threads, available
+from .measure import PATHS
+from .report import BenchReport
+
+DEFAULT_MODELS = ("googlenet", "vgg_d2l")
+# The networks the book path exists for (each backend's bookpath.BOOK_MODELS).
+BOOK_MODELS = ("googlenet", "vgg_d2l")
+# What neither the book nor a practitioner without d2lport sets: MXNet's own thread default.
+_LIKE_THE_BOOK = {"mxnet": {"D2LPORT_MXNET_THREADS": "mxnet"}}
+_DISTRIBUTIONS = {"torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu"),
+                  "mxnet": ("mxnet",)}
+
+
+def _version(framework: str) -> str:
+    for dist in _DISTRIBUTIONS.get(framework, (framework,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def check_model(model: str) -> str:
+    """The registered name of ``model``, if it trains on Fashion-MNIST as it is."""
+    spec = registry.get_spec(model)
+    out = specs.infer(spec, include_aux=False)[-1].out_shape
+    if spec.input_shape[0] != 1 or tuple(out) != (10,):
+        raise ValueError(f"d2lport bench trains on Fashion-MNIST: {model} takes "
+                         f"{spec.input_shape} and gives {tuple(out)}; use a network with one "
+                         "input channel and 10 classes, e.g. googlenet, vgg_d2l, residual_net")
+    return model
+
+
+def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = registry.FRAMEWORKS,
+          paths: Sequence[str] = PATHS, batch_size: int = 128, steps: int = 3, repeats: int = 3,
+          warmup: int = 1, lr: float = 0.01, seed: int = 0, threads: Optional[int] = None,
+          matmul_size: int = 2048, device: Optional[str] = None, timeout: float = 3600,
+          log=print) -> BenchReport:
+    """Measure; ``log`` gets a line per finished run (``None``: quiet)."""
+    for p in paths:
+        if p not in PATHS:
+            raise ValueError(f"unknown path {p!r}: choose from {', '.join(PATHS)}")
+    if min(batch_size, steps, repeats) < 1 or warmup < 0:
+        raise ValueError("batch size, steps and repeats must be >= 1 and warmup >= 0")
+    models = [check_model(m) for m in models]
+    ready, skipped = available([registry.normalize_framework(f) for f in frameworks])
+    report = BenchReport(
+        settings=dict(models=list(models), frameworks=list(ready), paths=list(paths),
+                      batch_size=batch_size, steps=steps, repeats=repeats, warmup=warmup,
+                      lr=lr, seed=seed, threads=threads, device=device or "default"),
+        machine=dict(date=datetime.date.today().isoformat(), cpu=_cpu_name(),
+                     cores=physical_cores(), device=device or "CPU",
+                     python=platform.python_version(),
+                     versions={fw: _version(fw) for fw in ready}),
+        flops={m: specs.flops(registry.get_spec(m)) for m in models},
+        failed=dict(skipped))
+    say = log or (lambda *a: None)
+    with _threads(threads):
+        for fw in ready:
+            try:
+                _, meta = worker.run(fw, "bench_matmul", timeout=timeout, n=matmul_size)
+                report.matmul[fw] = meta
+                say(f"{fw}: matmul {meta['gflops']['median']:.0f} GFLOP/s")
+            except worker.WorkerError as err:
+                report.failed[f"{fw} matmul"] = _short(err)
+            for model in models:
+                for path in paths:
+                    if path != "d2lport" and model not in BOOK_MODELS:
+                        report.failed[f"{fw} {model} {path}"] = "no book model for this network"
+                        continue
+                    env = _LIKE_THE_BOOK.get(fw) if path != "d2lport" else None
+                    try:
+                        _, meta = worker.run(fw, "bench_path", timeout=timeout, env=env,
+                                             model=model, path=path, batch_size=batch_size,
+                                             steps=steps, repeats=repeats, warmup=warmup,
+                                             lr=lr, seed=seed, device=device)
+                    except worker.WorkerError as err:
+                        report.failed[f"{fw} {model} {path}"] = _short(err)
+                        continue
+                    report.runs.append(meta)
+                    say(f"{fw} {model} {path}: training {meta['training']['median']:.1f}, "
+                        f"inference {meta['inference']['median']:.1f} examples/s, peak "
+                        f"{meta['peak_gb']:.2f} GB ({meta['seconds']:.0f} s)")
+    return report
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
