@@ -40,7 +40,7 @@ test-torch: setup data
 
 # The frameworks side by side; this process imports none (each runs in its own worker).
 test-compare: setup data
-	$(PYTEST) -m parity tests/test_compare.py --forbid-imports torch,tensorflow,mxnet
+	$(PYTEST) -m parity tests/test_compare.py tests/test_bench.py --forbid-imports torch,tensorflow,mxnet
 
 test-tf: setup data
 	$(PYTEST) -m "tensorflow and not killloop" --forbid-imports torch,mxnet

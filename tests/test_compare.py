@@ -1,4 +1,4 @@
-"""`d2lport compare` / `bench` / `export` / `import`: the frameworks side by side.
+"""`d2lport compare` / `export` / `import`: the frameworks side by side.
 
 This test process imports no framework: every framework runs in its own worker process
 (d2lport.worker), so these tests can run beside any one framework's tests.  Tests that need
@@ -193,15 +193,6 @@ def test_numpy_resize_is_bilinear_at_half_pixel_centres():
     x = cmp.images_to_input(np.full((2, 28, 28), 255, np.uint8), (3, 32, 32))
     assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32
     np.testing.assert_allclose(x, 1.0, rtol=1e-6)
-
-
-def test_bench_cli_prints_the_speed_table(capsys):
-    if "torch" not in INSTALLED:
-        pytest.skip("needs torch")
-    code = cli.main(["bench", "residual_block", "--frameworks", "torch", "--batch-size", "4",
-                     "--steps", "1", "--threads", "1"])
-    out = capsys.readouterr().out
-    assert code == 0 and "inference ex/s" in out and "1.00x" in out and "1 CPU thread" in out
 
 
 # --------------------------------------------------------------------------- weight files

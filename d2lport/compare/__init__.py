@@ -6,8 +6,10 @@
 the output shape and parameters per framework and the largest absolute and relative
 difference from the reference framework, with a verdict.  ``train=N`` adds N plain-SGD
 steps from those weights on the same Fashion-MNIST batches (loss per step, side by side);
-``speed=True`` adds examples per second.  :func:`bench`, :func:`export_weights` and
-:func:`import_weights` serve the ``d2lport bench|export|import`` commands.
+``speed=True`` adds examples per second; :func:`bench` tabulates that for several models
+(one worker per framework: the chapters' quick table; ``d2lport bench``, with the book's own
+code and each framework's fast path, is :mod:`d2lport.bench`).  :func:`export_weights` and
+:func:`import_weights` serve the ``d2lport export|import`` commands.
 
 One module per job:
 

@@ -1,0 +1,118 @@
+"""`d2lport bench`: the report's arithmetic (ratios, goals, JSON, Markdown, README section)
+on made-up measurements, and the whole tool once on a tiny run in every installed framework.
+No test asserts a speed: the machines are shared and their rates move by 3x."""
+import json
+import math
+
+import pytest
+
+from d2lport import cli, registry
+from d2lport.bench import report as rep
+from d2lport.bench.run import check_model
+
+INSTALLED = [fw for fw in registry.FRAMEWORKS if registry.framework_available(fw)]
+
+
+def _run(fw, path, train, peak=1.0, model="googlenet"):
+    s = {"median": train, "min": train * 0.9, "max": train * 1.1, "all": [train]}
+    return {"model": model, "path": path, "framework": fw, "training": s,
+            "inference": dict(s, median=3 * train), "peak_gb": peak,
+            "describe": f"{path}: made up"}
+
+
+def _report():
+    runs = [_run("torch", "d2lport", 70, 1.2), _run("torch", "book", 50), _run("torch", "fast", 60),
+            _run("mxnet", "d2lport", 35, 3.0), _run("mxnet", "book", 20), _run("mxnet", "fast", 40)]
+    return rep.BenchReport(
+        settings=dict(batch_size=128, steps=3, repeats=3, warmup=1),
+        machine=dict(date="2026-11-24", cpu="test CPU", cores=2),
+        flops={"googlenet": 552_132_608},
+        matmul={"torch": {"n": 2048, "gflops": {"median": 150.0}},
+                "mxnet": {"n": 2048, "gflops": {"median": 100.0}}},
+        runs=runs)
+
+
+@pytest.mark.core
+def test_ratios_are_taken_within_the_run():
+    rows = {(r.framework, r.path): r for r in _report().rows()}
+    torch, mx = rows["torch", "d2lport"], rows["mxnet", "d2lport"]
+    assert torch.vs_book == pytest.approx(70 / 50) and torch.vs_fast == pytest.approx(70 / 60)
+    assert torch.vs_fastest == 1.0 and mx.vs_fastest == pytest.approx(0.5)
+    assert rows["mxnet", "fast"].vs_book == pytest.approx(2.0)
+    assert rows["torch", "book"].vs_fastest is None        # only d2lport rows have one
+    # 3 x the forward FLOPs per trained example, against the best matmul rate of the run
+    assert torch.gflops == pytest.approx(70 * 3 * 0.552132608)
+    assert torch.of_matmul == pytest.approx(torch.gflops / 150.0)
+
+
+@pytest.mark.core
+def test_goals_say_which_are_met_with_their_numbers():
+    goals = {g.text: g for g in _report().goals()}
+    assert goals["googlenet torch: >= 1.3x the book path"].met            # 1.40x
+    assert not goals["googlenet mxnet: >= 1.0x the framework's fast path"].met   # 0.88x
+    assert not goals["googlenet mxnet: >= 0.7x the fastest framework"].met       # 0.50x
+    memory = goals["googlenet: MXNet peak memory <= 1.5x the leanest (torch)"]
+    assert not memory.met and memory.detail == "3.00 / 1.20 GB = 2.50x"
+    matmul = next(g for t, g in goals.items() if "matmul" in t)
+    assert matmul.met and "(torch)" in matmul.text                      # 116 / 150 = 0.77
+
+
+@pytest.mark.core
+def test_json_round_trip_markdown_and_readme_section(tmp_path):
+    report = _report()
+    again = rep.BenchReport.from_json(report.to_json())
+    assert [r.__dict__ for r in again.rows()] == [r.__dict__ for r in report.rows()]
+    assert json.loads(report.to_json())["goals"][0]["text"].startswith("googlenet torch")
+    md = report.to_markdown()
+    table = [line for line in md.splitlines() if line.startswith("| googlenet")]
+    assert len(table) == 6 and "| 1.40x |" in table[0]
+    assert "**not met**: googlenet mxnet: >= 0.7x the fastest framework (0.50x)" in md
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{rep.README_START}\nold table\n{rep.README_END}\n\n## next\n")
+    rep.update_readme(readme, md)
+    text = readme.read_text()
+    assert "old table" not in text and md in text and text.endswith("## next\n")
+    rep.update_readme(readme, "second\n")                  # the markers survive a rewrite
+    assert "second\n" + rep.README_END in readme.read_text()
+
+
+@pytest.mark.core
+def test_readme_without_markers_is_an_error_naming_the_fix(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no section\n")
+    with pytest.raises(ValueError, match="no benchmark section: put the lines"):
+        rep.update_readme(readme, "table\n")
+    assert readme.read_text() == "# no section\n"          # nothing lost
+
+
+@pytest.mark.core
+def test_networks_that_do_not_take_fashion_mnist_are_refused(capsys):
+    assert check_model("vgg_d2l") == "vgg_d2l"
+    with pytest.raises(ValueError, match="trains on Fashion-MNIST: residual_block takes"):
+        check_model("residual_block")
+    # one line naming the problem, before any worker starts
+    assert cli.main(["bench", "googlenet", "--paths", "d2lport,slow"]) == 2
+    assert "unknown path 'slow': choose from d2lport, book, fast" in capsys.readouterr().err
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(not INSTALLED, reason="no framework installed")
+def test_bench_runs_every_path_in_every_framework(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rep.README_START}\n{rep.README_END}\n")
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    code = cli.main(["bench", "googlenet", "--batch-size", "2", "--steps", "2", "--repeats", "1",
+                     "--warmup", "0", "--matmul-size", "64", "--json", str(out_json),
+                     "--markdown", str(out_md), "--readme", str(readme)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "goals met:" in printed
+    data = json.loads(out_json.read_text())
+    assert data["failed"] == {}, data["failed"]
+    assert data["flops_forward_per_example"] == {"googlenet": 552132608}
+    got = {(r["framework"], r["path"]) for r in data["rows"]}
+    assert got == {(fw, p) for fw in INSTALLED for p in ("d2lport", "book", "fast")}
+    for r in data["rows"]:
+        assert r["training"] > 0 and r["inference"] > 0 and math.isfinite(r["gflops"])
+        assert 0.05 < r["peak_gb"] < 20, r
+    assert set(data["matmul"]) == set(INSTALLED)
+    assert out_md.read_text() in readme.read_text()
