@@ -30,8 +30,18 @@ def _count_params(fw, net):
     return sum(p.data().size for p in net.collect_params().values())
 
 
+@pytest.fixture
+def array_mode_restored(fw):
+    """MXNet's book path switches the process to numpy mode (npx.set_np()); the tests after
+    this one expect MXNet's default legacy mode back."""
+    yield
+    if fw == "mxnet":
+        from mxnet import npx
+        npx.reset_np()
+
+
 @pytest.mark.parametrize("fw,path,model", _params())
-def test_book_model_trains_on_both_paths(fw, path, model):
+def test_book_model_trains_on_both_paths(fw, path, model, array_mode_restored):
     d2p = pytest.importorskip(f"d2lport.{fw}")
     bookpath = pytest.importorskip(f"d2lport.{fw}.bookpath")
     assert bookpath.BOOK_MODELS == BOOK_MODELS

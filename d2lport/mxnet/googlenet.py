@@ -58,7 +58,7 @@ class GoogLeNet(Net):
         self.fc = BasicDense(num_classes, in_units=1024)
         self.finish()
 
-    def forward(self, x):       # N x 1 x 96 x 96
+    def hybrid_forward(self, F, x):  # N x 1 x 96 x 96
         x = self.b1(x)          # N x 64 x 24 x 24
         x = self.b2(x)          # N x 192 x 12 x 12
         x = self.b3(x)          # N x 480 x 6 x 6
@@ -117,6 +117,12 @@ class GoogLeNetV1(Net):
             self.aux2 = InceptionAux(528, side, num_classes, aux_dropout, batch_norm)
         self.finish()
 
+    def hybridize(self, active=True, **kwargs):
+        # One graph per child, not one for the whole net: a traced graph freezes its
+        # outputs, and this net returns AuxOutputs in training only (so `forward` below).
+        for child in self._children.values():
+            child.hybridize(active, **kwargs)
+
     def forward(self, x):                               # N x 3 x 224 x 224
         x = self.b2(self.b1(x))                         # N x 192 x 28 x 28
         x = self.inception3b(self.inception3a(x))       # N x 480 x 28 x 28
@@ -142,5 +148,5 @@ class InceptionBlock(Net):
                                    args["c4"])
         self.finish()
 
-    def forward(self, x):
+    def hybrid_forward(self, F, x):
         return self.inception(x)

@@ -55,7 +55,7 @@ class InceptionANet(Net):
         self.fc = BasicDense(num_classes, in_units=88 * _side(image_size) ** 2)
         self.finish()
 
-    def forward(self, x):               # N x 1 x 28 x 28
+    def hybrid_forward(self, F, x):     # N x 1 x 28 x 28
         x = self.b1(x)                  # N x 10 x 12 x 12
         x = self.inception1(x)          # N x 88 x 12 x 12
         x = self.b2(x)                  # N x 20 x 4 x 4
@@ -74,7 +74,7 @@ class ResidualNet(Net):
         self.fc = BasicDense(num_classes, in_units=32 * _side(image_size) ** 2)
         self.finish()
 
-    def forward(self, x):               # N x 1 x 28 x 28
+    def hybrid_forward(self, F, x):     # N x 1 x 28 x 28
         x = self.b1(x)                  # N x 16 x 12 x 12
         x = self.residual1(x)           # N x 16 x 12 x 12
         x = self.b2(x)                  # N x 32 x 4 x 4
@@ -91,7 +91,7 @@ class InceptionABlock(Net):
         self.inception_a = InceptionA(args["in_channels"])
         self.finish()
 
-    def forward(self, x):
+    def hybrid_forward(self, F, x):
         return self.inception_a(x)
 
 
@@ -104,5 +104,5 @@ class ResidualBlockNet(Net):
         self.residual = ResidualBlock(args["channels"])
         self.finish()
 
-    def forward(self, x):
+    def hybrid_forward(self, F, x):
         return self.residual(x)

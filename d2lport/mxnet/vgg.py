@@ -48,7 +48,7 @@ class VGG(Net):
         self.fc3 = BasicDense(num_classes, in_units=VGG_FC)
         self.finish()
 
-    def forward(self, x):       # N x 3 x 224 x 224
+    def hybrid_forward(self, F, x):  # N x 3 x 224 x 224
         x = self.block1(x)      # N x 64 x 112 x 112
         x = self.block2(x)      # N x 128 x 56 x 56
         x = self.block3(x)      # N x 256 x 28 x 28
