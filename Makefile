@@ -66,7 +66,7 @@ kill-loop: setup data
 	$(PYTEST) -m "mxnet and killloop" --forbid-imports torch,tensorflow
 
 bench: setup data
-	$(PY) -m d2lport.cli bench googlenet vgg_d2l --batch-size 128 --steps 3 --repeats 3 \
+	$(PY) -m d2lport.cli bench googlenet vgg_d2l --batch-size 128 --steps 3 --rounds 3 --repeats 1 \
 	    --json benchmarks/latest.json --markdown benchmarks/latest.md --readme README.md
 
 clean:

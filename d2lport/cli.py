@@ -173,6 +173,7 @@ def cmd_bench(args) -> int:
     report = bench(args.models or ["googlenet", "vgg_d2l"], _frameworks_arg(args.frameworks),
                    paths=[p.strip() for p in args.paths.split(",") if p.strip()],
                    batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
+                   rounds=args.rounds,
                    warmup=args.warmup, lr=args.lr, seed=args.seed, threads=args.threads,
                    matmul_size=args.matmul_size, device=args.device)
     print(report)
@@ -308,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the book's model on the framework's fast path); default all three")
     s.add_argument("--batch-size", type=int, default=128, help="default 128 (the book's)")
     s.add_argument("--steps", type=int, default=3, help="batches per timed pass (default 3)")
-    s.add_argument("--repeats", type=int, default=3, help="timed passes (default 3; the "
-                   "median is reported with min and max)")
+    s.add_argument("--rounds", type=int, default=3, help="processes per path, the paths "
+                   "taking turns (default 3); the median of all timed passes is reported "
+                   "with min and max")
+    s.add_argument("--repeats", type=int, default=1, help="timed passes per process "
+                   "(default 1)")
     s.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
     s.add_argument("--lr", type=float, default=0.01)
     s.add_argument("--threads", type=int, help=threads_help)

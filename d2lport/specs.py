@@ -523,6 +523,23 @@ VGG_FC = 4096
 VGG_DROPOUT = 0.5
 
 
+def vgg_arch(config: str = "A", width_ratio: int = 1) -> Tuple[Tuple[int, int], ...]:
+    """A VGG configuration as D2L 8.2 writes it, ``((num_convs, out_channels), ...)`` per
+    block; D2L's narrow VGG-11 is ``vgg_arch("A", 4)`` = ((1, 16), (1, 32), (2, 64),
+    (2, 128), (2, 128)).  (3x3 convolutions only: configurations A, B, D, E.)"""
+    arch, widths = [], []
+    for item in VGG_CONFIGS[config]:
+        if item == "M":
+            arch.append((len(widths), widths[-1] // int(width_ratio)))
+            widths = []
+        elif isinstance(item, int):
+            widths.append(item)
+        else:
+            raise ValueError(f"VGG configuration {config} has {item!r}: vgg_arch describes "
+                             "3x3-convolution configurations only (A, B, D, E)")
+    return tuple(arch)
+
+
 def vgg(config: str, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
         batch_norm: bool = False, width_ratio: int = 1, dropout: float = VGG_DROPOUT,
         name: Optional[str] = None) -> NetSpec:

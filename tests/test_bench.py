@@ -8,15 +8,16 @@ import pytest
 
 from d2lport import cli, registry
 from d2lport.bench import report as rep
-from d2lport.bench.run import check_model
+from d2lport.bench.run import check_model, merge
 
 INSTALLED = [fw for fw in registry.FRAMEWORKS if registry.framework_available(fw)]
 
 
 def _run(fw, path, train, peak=1.0, model="googlenet"):
     s = {"median": train, "min": train * 0.9, "max": train * 1.1, "all": [train]}
+    i = {"median": 3 * train, "min": 3 * train, "max": 3 * train, "all": [3 * train]}
     return {"model": model, "path": path, "framework": fw, "training": s,
-            "inference": dict(s, median=3 * train), "peak_gb": peak,
+            "inference": i, "peak_gb": peak, "seconds": 1.0,
             "describe": f"{path}: made up"}
 
 
@@ -86,6 +87,15 @@ def test_readme_without_markers_is_an_error_naming_the_fix(tmp_path):
 
 
 @pytest.mark.core
+def test_rounds_of_one_path_pool_their_passes():
+    a, b = _run("torch", "fast", 60, peak=1.5), _run("torch", "fast", 80, peak=1.25)
+    merged = merge([a, b])
+    assert merged["training"]["all"] == [60, 80] and merged["training"]["median"] == 70
+    assert merged["inference"]["median"] == 210 and merged["peak_gb"] == 1.5
+    assert merged["processes"] == 2 and a["training"]["all"] == [60]   # inputs untouched
+
+
+@pytest.mark.core
 def test_networks_that_do_not_take_fashion_mnist_are_refused(capsys):
     assert check_model("vgg_d2l") == "vgg_d2l"
     with pytest.raises(ValueError, match="trains on Fashion-MNIST: residual_block takes"):
@@ -102,7 +112,7 @@ def test_bench_runs_every_path_in_every_framework(tmp_path, capsys):
     readme.write_text(f"intro\n{rep.README_START}\n{rep.README_END}\n")
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
     code = cli.main(["bench", "googlenet", "--batch-size", "2", "--steps", "2", "--repeats", "1",
-                     "--warmup", "0", "--matmul-size", "64", "--json", str(out_json),
+                     "--rounds", "1", "--warmup", "0", "--matmul-size", "64", "--json", str(out_json),
                      "--markdown", str(out_md), "--readme", str(readme)])
     printed = capsys.readouterr().out
     assert code == 0 and "goals met:" in printed

@@ -184,3 +184,23 @@ def test_weight_files_round_trip_and_refuse_bad_input(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npz", "w.npz"]
     assert weights.load(path)[0].keys() == w.keys()
+
+
+def test_flops_count_the_multiply_adds_of_convolutions_and_dense_layers():
+    # GoogLeNet at 96 px: 0.552 GFLOP forward per example (issue 10's figure)
+    assert specs.flops(registry.get_spec("googlenet")) == 552_132_608
+    # one 3x3 conv 1 -> 16 on 224 px, then the head: every term written out
+    spec = registry.get_spec("vgg_d2l")
+    first = 2 * 1 * 9 * 16 * 224 * 224
+    head = 2 * (128 * 7 * 7 * 4096 + 4096 * 4096 + 4096 * 10)
+    assert specs.flops(spec) > first + head
+    convs = sum(2 * leaf.in_shape[0] * 9 * leaf.out_shape[0] * leaf.out_shape[1] ** 2
+                for leaf in specs.iter_leaves(spec) if isinstance(leaf.layer, specs.Conv))
+    assert specs.flops(spec) == convs + head
+
+
+def test_vgg_arch_is_the_books_conv_arch():
+    assert specs.vgg_arch("A", 4) == ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+    assert specs.vgg_arch("D") == ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+    with pytest.raises(ValueError, match="3x3-convolution configurations only"):
+        specs.vgg_arch("C")

@@ -136,8 +136,7 @@ class BenchReport:
         s, m = self.settings, self.machine
         return (f"d2lport bench, {m.get('date', '')}: {m.get('cpu', '?')}, "
                 f"{m.get('cores', '?')} cores, {m.get('device', 'CPU')}; batch {s['batch_size']}, "
-                f"{s['steps']} steps per pass, median of {s['repeats']} timed passes after "
-                f"{s['warmup']} warm-up; real Fashion-MNIST")
+                f"{s['steps']} steps per pass; median of {_passes(s)}; real Fashion-MNIST")
 
     def _matmul_line(self) -> str:
         return ("float32 matmul " + ", ".join(
@@ -176,6 +175,13 @@ class BenchReport:
                       for g in goals]
         lines += [f"failed/skipped {k}: {v}" for k, v in self.failed.items()]
         return "\n".join(lines)
+
+
+def _passes(s: dict) -> str:
+    rounds = s.get("rounds", 1)
+    timed = rounds * s["repeats"]
+    where = (f" in {rounds} processes per path, the paths taking turns" if rounds > 1 else "")
+    return f"{timed} timed passes{where}, each process after {s['warmup']} warm-up pass(es)"
 
 
 def _x(v: Optional[float]) -> str:

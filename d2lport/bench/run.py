@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from .. import registry, specs, worker
 from ..common import physical_cores
 from ..compare.workers import _threads, available
-from .measure import PATHS
+from .measure import PATHS, summary
 from .report import BenchReport
 
 DEFAULT_MODELS = ("googlenet", "vgg_d2l")
@@ -56,21 +56,27 @@ def check_model(model: str) -> str:
 
 
 def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = registry.FRAMEWORKS,
-          paths: Sequence[str] = PATHS, batch_size: int = 128, steps: int = 3, repeats: int = 3,
-          warmup: int = 1, lr: float = 0.01, seed: int = 0, threads: Optional[int] = None,
+          paths: Sequence[str] = PATHS, batch_size: int = 128, steps: int = 3, repeats: int = 1,
+          rounds: int = 3, warmup: int = 1, lr: float = 0.01, seed: int = 0, threads: Optional[int] = None,
           matmul_size: int = 2048, device: Optional[str] = None, timeout: float = 3600,
           log=print) -> BenchReport:
-    """Measure; ``log`` gets a line per finished run (``None``: quiet)."""
+    """Measure; ``log`` gets a line per finished run (``None``: quiet).
+
+    Each (framework, network, path) runs in ``rounds`` fresh processes, the paths taking
+    turns (d2lport, book, fast, d2lport, ...), so that the machine's drifting load falls on
+    every path alike; each process times ``repeats`` passes after ``warmup``.  A rate is the
+    median of all those passes, a peak memory the largest of the processes'."""
     for p in paths:
         if p not in PATHS:
             raise ValueError(f"unknown path {p!r}: choose from {', '.join(PATHS)}")
-    if min(batch_size, steps, repeats) < 1 or warmup < 0:
-        raise ValueError("batch size, steps and repeats must be >= 1 and warmup >= 0")
+    if min(batch_size, steps, repeats, rounds) < 1 or warmup < 0:
+        raise ValueError("batch size, steps, repeats and rounds must be >= 1 and warmup >= 0")
     models = [check_model(m) for m in models]
     ready, skipped = available([registry.normalize_framework(f) for f in frameworks])
     report = BenchReport(
         settings=dict(models=list(models), frameworks=list(ready), paths=list(paths),
-                      batch_size=batch_size, steps=steps, repeats=repeats, warmup=warmup,
+                      batch_size=batch_size, steps=steps, repeats=repeats, rounds=rounds,
+                      warmup=warmup,
                       lr=lr, seed=seed, threads=threads, device=device or "default"),
         machine=dict(date=datetime.date.today().isoformat(), cpu=_cpu_name(),
                      cores=physical_cores(), device=device or "CPU",
@@ -88,24 +94,42 @@ def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = re
             except worker.WorkerError as err:
                 report.failed[f"{fw} matmul"] = _short(err)
             for model in models:
-                for path in paths:
-                    if path != "d2lport" and model not in BOOK_MODELS:
-                        report.failed[f"{fw} {model} {path}"] = "no book model for this network"
-                        continue
-                    env = _LIKE_THE_BOOK.get(fw) if path != "d2lport" else None
-                    try:
-                        _, meta = worker.run(fw, "bench_path", timeout=timeout, env=env,
-                                             model=model, path=path, batch_size=batch_size,
-                                             steps=steps, repeats=repeats, warmup=warmup,
-                                             lr=lr, seed=seed, device=device)
-                    except worker.WorkerError as err:
-                        report.failed[f"{fw} {model} {path}"] = _short(err)
-                        continue
-                    report.runs.append(meta)
-                    say(f"{fw} {model} {path}: training {meta['training']['median']:.1f}, "
-                        f"inference {meta['inference']['median']:.1f} examples/s, peak "
-                        f"{meta['peak_gb']:.2f} GB ({meta['seconds']:.0f} s)")
+                runs = {}
+                for turn in range(rounds):
+                    for path in paths:
+                        if path != "d2lport" and model not in BOOK_MODELS:
+                            report.failed[f"{fw} {model} {path}"] = "no book model for this network"
+                            continue
+                        if f"{fw} {model} {path}" in report.failed:
+                            continue
+                        env = _LIKE_THE_BOOK.get(fw) if path != "d2lport" else None
+                        try:
+                            _, meta = worker.run(fw, "bench_path", timeout=timeout, env=env,
+                                                 model=model, path=path, batch_size=batch_size,
+                                                 steps=steps, repeats=repeats, warmup=warmup,
+                                                 lr=lr, seed=seed, device=device)
+                        except worker.WorkerError as err:
+                            report.failed[f"{fw} {model} {path}"] = _short(err)
+                            continue
+                        runs.setdefault(path, []).append(meta)
+                        say(f"{fw} {model} {path} (round {turn + 1} of {rounds}): training "
+                            f"{meta['training']['median']:.1f}, inference "
+                            f"{meta['inference']['median']:.1f} examples/s, peak "
+                            f"{meta['peak_gb']:.2f} GB ({meta['seconds']:.0f} s)")
+                report.runs += [merge(metas) for path, metas in runs.items()
+                                if f"{fw} {model} {path}" not in report.failed]
     return report
+
+
+def merge(metas: Sequence[dict]) -> dict:
+    """One path's rounds as one run: every timed pass pooled, the largest peak memory."""
+    out = dict(metas[0])
+    for key in ("training", "inference"):
+        out[key] = summary([rate for m in metas for rate in m[key]["all"]])
+    out["peak_gb"] = max(m["peak_gb"] for m in metas)
+    out["seconds"] = sum(m["seconds"] for m in metas)
+    out["processes"] = len(metas)
+    return out
 
 
 def _short(err: BaseException) -> str:

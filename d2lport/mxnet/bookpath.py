@@ -81,17 +81,6 @@ def vgg_block(num_convs, num_channels, fast=False):
     return blk
 
 
-def vgg_arch(config="A", width_ratio=4):
-    """((num_convs, channels), ...) per block: ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))."""
-    arch, convs = [], []
-    for v in specs.VGG_CONFIGS[config]:
-        if v == "M":
-            arch.append((len(convs), convs[-1] // width_ratio))
-            convs = []
-        else:
-            convs.append(v)
-    return tuple(arch)
-
 
 def vgg(arch, num_classes=10, fast=False):
     net = nn.HybridSequential() if fast else nn.Sequential()
@@ -115,7 +104,7 @@ def book_model(name: str, fast: bool = False):
     if name == "googlenet":
         net = googlenet(num_classes, fast)
     else:
-        net = vgg(vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes, fast)
+        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes, fast)
     net.initialize(init.Xavier())
     net(np.zeros((1,) + tuple(spec.input_shape)))      # deferred initialization: shapes now
     if fast:       # after the build, so the first real batch makes the one cached graph

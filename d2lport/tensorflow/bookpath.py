@@ -69,17 +69,6 @@ def vgg_block(num_convs, num_channels):
     return blk
 
 
-def vgg_arch(config="A", width_ratio=4):
-    """((num_convs, channels), ...) per block: ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))."""
-    arch, convs = [], []
-    for v in specs.VGG_CONFIGS[config]:
-        if v == "M":
-            arch.append((len(convs), convs[-1] // width_ratio))
-            convs = []
-        else:
-            convs.append(v)
-    return tuple(arch)
-
 
 def vgg(arch, num_classes=10):
     net = keras.Sequential()
@@ -107,7 +96,7 @@ def book_model(name: str, fast: bool = False):
     if name == "googlenet":
         net = googlenet(num_classes)
     else:
-        net = vgg(vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
+        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
     channels, height, width = spec.input_shape
     net(tf.zeros((1, height, width, channels)))
     return net

@@ -60,17 +60,6 @@ def vgg_block(num_convs, out_channels):
     return nn.Sequential(*layers)
 
 
-def vgg_arch(config="A", width_ratio=4):
-    """((num_convs, channels), ...) per block: ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))."""
-    arch, convs = [], []
-    for v in specs.VGG_CONFIGS[config]:
-        if v == "M":
-            arch.append((len(convs), convs[-1] // width_ratio))
-            convs = []
-        else:
-            convs.append(v)
-    return tuple(arch)
-
 
 def vgg(arch, num_classes=10):
     conv_blks = [vgg_block(num_convs, out_channels) for num_convs, out_channels in arch]
@@ -91,7 +80,7 @@ def book_model(name: str, fast: bool = False):
     if name == "googlenet":
         net = googlenet(num_classes)
     else:
-        net = vgg(vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
+        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
     # PyTorch's default init (kaiming-uniform); the book then applies d2l.init_cnn (Xavier
     # uniform weights), d2lport uses Xavier weights and zero biases: the cost is the same.
     net(torch.zeros((1,) + tuple(spec.input_shape)))
