@@ -1,10 +1,18 @@
 """Test plumbing: one framework per pytest process (see the Makefile), enforced here."""
 import ipaddress
 import os
+import signal
 import socket
 import sys
 
 import pytest
+
+# A test run started in the background by a non-interactive shell (`nohup make test &`)
+# inherits SIGINT ignored, and Python leaves it ignored: Ctrl-C could not reach training at
+# all, and the tests that send one (D2LPORT_TEST_KILL=int:K) would see nothing happen.
+# Python's own handler again, for this process and (as the default) for its children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("D2LPORT_PROGRESS", "0")
