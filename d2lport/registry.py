@@ -52,6 +52,19 @@ for _name, _cfg in specs.VGG_MODELS.items():
     ALIASES[f"{_name}_bn"] = (_name, {"batch_norm": True})
 # D2L 8.2's narrow VGG-11: a quarter of the widths, Fashion-MNIST at 224 px.
 ALIASES["vgg_d2l"] = ("vgg11", {"width_ratio": 4, "in_channels": 1, "num_classes": 10})
+
+# The networks each backend's bookpath.py writes out as the book does (d2lport bench).
+BOOK_MODELS = ("googlenet", "vgg_d2l")
+
+
+def book_args(name: str) -> Tuple[int, Optional[Tuple[Tuple[int, int], ...]]]:
+    """(num_classes, D2L's VGG conv_arch or None for GoogLeNet) of a book model."""
+    if name not in BOOK_MODELS:
+        raise ValueError(f"no book model {name!r}; one of {', '.join(BOOK_MODELS)}")
+    num_classes = get_spec(name).blocks[-1].out_features
+    if name == "googlenet":
+        return num_classes, None
+    return num_classes, specs.vgg_arch("A", ALIASES[name][1]["width_ratio"])
 register("inception_a", specs.inception_a_block, "block",
          "Lecture InceptionA block (88 output channels)")
 register("inception_a_net", specs.inception_a_net, "network",

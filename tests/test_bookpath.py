@@ -13,7 +13,7 @@ import pytest
 from d2lport import registry, specs
 
 FRAMEWORKS = registry.FRAMEWORKS
-BOOK_MODELS = ("googlenet", "vgg_d2l")      # every backend's bookpath.BOOK_MODELS
+BOOK_MODELS = ("googlenet", "vgg_d2l")      # registry.BOOK_MODELS, every bookpath's
 
 
 def _params():

@@ -16,8 +16,6 @@ from .measure import PATHS, summary
 from .report import BenchReport
 
 DEFAULT_MODELS = ("googlenet", "vgg_d2l")
-# The networks the book path exists for (each backend's bookpath.BOOK_MODELS).
-BOOK_MODELS = ("googlenet", "vgg_d2l")
 # What neither the book nor a practitioner without d2lport sets: MXNet's own thread default.
 _LIKE_THE_BOOK = {"mxnet": {"D2LPORT_MXNET_THREADS": "mxnet"}}
 _DISTRIBUTIONS = {"torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu"),
@@ -97,7 +95,7 @@ def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = re
                 runs = {}
                 for turn in range(rounds):
                     for path in paths:
-                        if path != "d2lport" and model not in BOOK_MODELS:
+                        if path != "d2lport" and model not in registry.BOOK_MODELS:
                             report.failed[f"{fw} {model} {path}"] = "no book model for this network"
                             continue
                         if f"{fw} {model} {path}" in report.failed:

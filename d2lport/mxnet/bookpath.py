@@ -19,7 +19,7 @@ from mxnet.gluon import nn
 from .. import registry, specs
 from .train import context
 
-BOOK_MODELS = ("googlenet", "vgg_d2l")
+BOOK_MODELS = registry.BOOK_MODELS
 
 
 class Inception(nn.Block):
@@ -96,15 +96,10 @@ def book_model(name: str, fast: bool = False):
     """The book's network ``name`` in numpy mode on the CPU, initialized (``init.Xavier()``)
     and built by one (1, 1, S, S) forward pass (S = 96 for googlenet, 224 for vgg_d2l);
     ``fast``: HybridBlocks, hybridized with static memory and shapes."""
-    if name not in BOOK_MODELS:
-        raise ValueError(f"no book model {name!r}; one of {', '.join(BOOK_MODELS)}")
+    num_classes, arch = registry.book_args(name)
     npx.set_np()
     spec = registry.get_spec(name)
-    num_classes = spec.blocks[-1].out_features
-    if name == "googlenet":
-        net = googlenet(num_classes, fast)
-    else:
-        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes, fast)
+    net = googlenet(num_classes, fast) if arch is None else vgg(arch, num_classes, fast)
     net.initialize(init.Xavier())
     net(np.zeros((1,) + tuple(spec.input_shape)))      # deferred initialization: shapes now
     if fast:       # after the build, so the first real batch makes the one cached graph

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from .. import registry, specs
 
-BOOK_MODELS = ("googlenet", "vgg_d2l")
+BOOK_MODELS = registry.BOOK_MODELS
 
 
 class Inception(keras.Model):
@@ -89,14 +89,9 @@ def book_model(name: str, fast: bool = False):
     """The book's network ``name``, built by one (1, S, S, 1) forward pass (S = 96 for
     googlenet, 224 for vgg_d2l).  ``fast`` changes nothing here: the fast path is the
     Runner's ``compile``."""
-    if name not in BOOK_MODELS:
-        raise ValueError(f"no book model {name!r}; one of {', '.join(BOOK_MODELS)}")
+    num_classes, arch = registry.book_args(name)
     spec = registry.get_spec(name)
-    num_classes = spec.blocks[-1].out_features
-    if name == "googlenet":
-        net = googlenet(num_classes)
-    else:
-        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
+    net = googlenet(num_classes) if arch is None else vgg(arch, num_classes)
     channels, height, width = spec.input_shape
     net(tf.zeros((1, height, width, channels)))
     return net

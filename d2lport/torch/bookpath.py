@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from .. import registry, specs
 
-BOOK_MODELS = ("googlenet", "vgg_d2l")
+BOOK_MODELS = registry.BOOK_MODELS
 
 
 class Inception(nn.Module):
@@ -73,14 +73,9 @@ def vgg(arch, num_classes=10):
 def book_model(name: str, fast: bool = False):
     """The book's network ``name``, its lazy layers built by one (1, 1, S, S) forward pass
     (S = 96 for googlenet, 224 for vgg_d2l); ``fast``: moved to channels-last memory."""
-    if name not in BOOK_MODELS:
-        raise ValueError(f"no book model {name!r}; one of {', '.join(BOOK_MODELS)}")
+    num_classes, arch = registry.book_args(name)
     spec = registry.get_spec(name)
-    num_classes = spec.blocks[-1].out_features
-    if name == "googlenet":
-        net = googlenet(num_classes)
-    else:
-        net = vgg(specs.vgg_arch("A", registry.ALIASES[name][1]["width_ratio"]), num_classes)
+    net = googlenet(num_classes) if arch is None else vgg(arch, num_classes)
     # PyTorch's default init (kaiming-uniform); the book then applies d2l.init_cnn (Xavier
     # uniform weights), d2lport uses Xavier weights and zero biases: the cost is the same.
     net(torch.zeros((1,) + tuple(spec.input_shape)))
