@@ -7,7 +7,7 @@ STAMP := $(VENV)/.d2lport-installed
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks kill-loop bench clean
+.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks kill-loop bench results results-status clean
 
 # The venv is rebuilt only when the pins or the project metadata change; Debian's graphviz
 # (for the chapters' pictures) is installed when missing, as root.
@@ -68,6 +68,15 @@ kill-loop: setup data
 bench: setup data
 	$(PY) -m d2lport.cli bench googlenet vgg_d2l --batch-size 128 --steps 3 --rounds 3 --repeats 1 \
 	    --json benchmarks/latest.json --markdown benchmarks/latest.md --readme README.md
+
+# The recorded runs (results/*.json) the chapters show: every recipe in every framework,
+# about 4 hours on a 2-core CPU.  Current records are skipped, an interrupted run resumes
+# from its checkpoint; RESULTS_COMMIT=1 commits each record as it is written.
+results: setup data
+	$(PY) -m d2lport.cli results run $(if $(RESULTS_COMMIT),--commit)
+
+results-status: setup
+	$(PY) -m d2lport.cli results status
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -94,8 +94,15 @@ def _check_train_args(args) -> tuple:
     if args.resize is not None and args.resize < 1:
         raise ValueError(f"--resize must be a positive image side in pixels, got {args.resize}")
     # Fashion-MNIST: one channel, ten classes; fixed-size nets are built for the resize.
+    kv = _parse_kv(args.k)
+    if "image_size" in kv:                  # the network is built for the images it sees
+        size = kv.pop("image_size")
+        if args.resize not in (None, size):
+            raise ValueError(f"-k image_size={size} and --resize {args.resize} differ: the "
+                             "network is built for the side it trains on; give only --resize")
+        args.resize = size
     kwargs, side = registry.kwargs_for_data(args.model, args.resize, channels=1,
-                                            num_classes=10, **_parse_kv(args.k))
+                                            num_classes=10, **kv)
     least = specs.min_input_size(registry.get_spec(args.model, **kwargs))
     if side < least:
         raise ValueError(f"--resize {side} is too small for {args.model}: it needs images of "
@@ -111,29 +118,51 @@ def _check_train_args(args) -> tuple:
     return kwargs, side, every
 
 
+# The settings a recipe fixes (``d2lport train --recipe``), as ``args`` attributes.
+_RECIPE_ARGS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "resize", "seed",
+                "init", "limit", "k")
+
+
+def _apply_recipe(args) -> None:
+    """``--recipe NAME``: the model and settings from the recipe; a setting given as well is
+    an error (the record would claim a recipe it did not run)."""
+    from .results import get
+    recipe = get(args.recipe)
+    defaults = vars(build_parser().parse_args(["train", "-"]))
+    given = [f"--{name.replace('_', '-')}" if name != "k" else "-k" for name in _RECIPE_ARGS
+             if getattr(args, name) != defaults[name]]
+    if given:
+        raise ValueError(f"--recipe {recipe.name} sets the model and every training setting: "
+                         f"drop {', '.join(given)} (or drop --recipe to choose them)")
+    if args.model not in (None, recipe.model):
+        raise ValueError(f"recipe {recipe.name} trains {recipe.model}, not {args.model}: "
+                         f"drop the model name or the --recipe")
+    args.model = recipe.model
+    for key, value in recipe.settings().items():
+        setattr(args, key, value)
+    args.k = [f"{k}={v}" for k, v in recipe.model_kwargs.items()]
+
+
 def cmd_train(args) -> int:
+    from . import results
+    if args.recipe:
+        _apply_recipe(args)
+    elif args.model is None:
+        raise ValueError("name the model to train (d2lport models lists them), or a --recipe")
     kwargs, resize, _ = _check_train_args(args)
-    backend = registry.backend(args.framework)
-    net = backend.create_model(args.model, seed=args.seed, **kwargs)
-    train_iter, test_iter = backend.load_data_fashion_mnist(
-        args.batch_size, resize=None if resize == 28 else resize, limit=args.limit,
-        seed=args.seed, root=args.data)
-    print(f"training {args.model} ({args.framework}) on Fashion-MNIST: "
-          f"{train_iter.num_examples} train / {test_iter.num_examples} test examples at "
-          f"{resize}x{resize}, batch {args.batch_size}, lr {args.lr}, {args.optimizer}",
-          flush=True)
     extra = {}
     if args.checkpoint_dir:
-        # The model's keyword arguments (an alias expanded) go with every checkpoint, so a
-        # resume with another model configuration is refused instead of loading wrongly.
         extra = dict(checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                     checkpoint_every=args.checkpoint_every, keep=args.keep,
-                     settings={"model_kwargs": registry.expand(args.model, kwargs)[1]})
-    history = backend.train(net, train_iter, test_iter, num_epochs=args.epochs, lr=args.lr,
-                            optimizer=args.optimizer, momentum=args.momentum,
-                            device=args.device, seed=args.seed,
-                            **extra)
+                     checkpoint_every=args.checkpoint_every, keep=args.keep)
+    net, history, _ = results.train(
+        args.model, args.framework, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, resize=resize,
+        limit=args.limit, seed=args.seed, init=args.init,
+        model_kwargs=_parse_kv(args.k),
+        device=args.device, data_root=args.data, record=args.record, recipe=args.recipe,
+        **extra)
     print(history)
+    backend = registry.backend(args.framework)
     if args.save:
         # The meta must rebuild the model: an alias (vgg_d2l) expands to its fixed kwargs.
         path = backend.save_weights(net, args.save, kwargs=registry.expand(args.model, kwargs)[1])
@@ -143,6 +172,34 @@ def cmd_train(args) -> int:
         plot_history(history).savefig(args.plot)
         print(f"plot saved to {args.plot}")
     return 0
+
+
+def cmd_results(args) -> int:
+    from .results import runner
+    frameworks = _frameworks_arg(args.frameworks)
+    if args.action == "status":
+        print(runner.status(args.recipes or None, frameworks))
+        return 0
+    if args.action == "check":
+        from . import results
+        from .data import load_arrays
+        _, labels = load_arrays("test", root=args.data)
+        bad = 0
+        for recipe, fw, st, reasons in runner.plan(args.recipes or None, frameworks):
+            path = results.path_for(recipe.run_name(fw))
+            problems = list(reasons) if st in ("missing", "stale", "broken") else []
+            if st == "missing":
+                problems = [f"no record at {path}"]
+            elif st != "broken":
+                problems += results.internal_problems(results.load(path), labels)
+            bad += bool(problems)
+            print(f"{recipe.run_name(fw):<26} " + ("ok" + (" (code changed since)"
+                  if st == "code changed" else "") if not problems else "; ".join(problems)))
+        if bad:
+            print(f"{bad} record(s) missing, stale or inconsistent: `make results` makes them")
+        return 1 if bad else 0
+    return runner.run(args.recipes or None, frameworks, commit=args.commit,
+                      dry_run=args.dry_run)
 
 
 def _frameworks_arg(text: str) -> List[str]:
@@ -245,8 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model on Fashion-MNIST",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=TRAIN_EPILOG)
-    s.add_argument("model")
+    s.add_argument("model", nargs="?", help="a registered network (or give --recipe)")
     s.add_argument("--framework", "-f", default="torch")
+    s.add_argument("--recipe", help="train a recorded run's recipe (d2lport results status "
+                   "lists them): its model and all its settings")
+    s.add_argument("--record", metavar="PATH", help="write the run's record (settings, "
+                   "versions, machine, history, test predictions) to this JSON file")
+    s.add_argument("--init", default="framework", choices=("framework", "xavier"),
+                   help="initial weights: the framework's own initialiser (default) or the "
+                        "canonical Xavier weights, the same in every framework")
     s.add_argument("--epochs", type=int, default=10, help="number of epochs, >= 1 (default 10)")
     s.add_argument("--batch-size", type=int, default=128, help="examples per step, >= 1 "
                                                                 "(default 128)")
@@ -347,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the checksum input and subset")
     s.add_argument("--data", help="directory holding the four Fashion-MNIST files")
     s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("results", help="the recorded runs: status, check, run (make results)")
+    s.add_argument("action", choices=("status", "check", "run"))
+    s.add_argument("recipes", nargs="*", help="recipes (default all)")
+    s.add_argument("--frameworks", default=fws, help=f"comma-separated (default {fws})")
+    s.add_argument("--commit", action="store_true", help="run: git-commit each record as it "
+                   "is written")
+    s.add_argument("--dry-run", action="store_true", help="run: say what would be trained")
+    s.add_argument("--data", help="check: directory holding the four Fashion-MNIST files")
+    s.set_defaults(func=cmd_results)
 
     s = sub.add_parser("data", help="where Fashion-MNIST is, verified or not; --download")
     s.add_argument("--download", action="store_true", help="download into the user cache")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -116,6 +117,10 @@ def train(net, train_iter, test_iter, num_epochs: int = 10, lr: float = 0.1,
         # handles those ~100x slower (measured here: 227 vs 1464 examples/s for
         # inception_a_net).  Flushing them to zero changes nothing visible in the results.
         torch.set_flush_denormal(True)
+        # numpy notices the flush the next time it looks at float limits (matplotlib does)
+        # and warns that the smallest subnormal is zero: true, and expected here.
+        warnings.filterwarnings("ignore", message="The value of the smallest subnormal",
+                                category=UserWarning)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
