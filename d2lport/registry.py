@@ -51,7 +51,9 @@ for _name, _cfg in specs.VGG_MODELS.items():
     register(_name, functools.partial(specs.vgg, _cfg, name=_name), "network", f"VGG configuration {_cfg}; batch_norm=, width_ratio=")
     ALIASES[f"{_name}_bn"] = (_name, {"batch_norm": True})
 # D2L 8.2's narrow VGG-11: a quarter of the widths, Fashion-MNIST at 224 px.
-ALIASES["vgg_d2l"] = ("vgg11", {"width_ratio": 4, "in_channels": 1, "num_classes": 10})
+# Its spec carries its own name, so summaries, plots and diagrams say vgg_d2l, not vgg11.
+ALIASES["vgg_d2l"] = ("vgg11", {"width_ratio": 4, "in_channels": 1, "num_classes": 10,
+                               "name": "vgg_d2l"})
 
 # The networks each backend's bookpath.py writes out as the book does (d2lport bench).
 BOOK_MODELS = ("googlenet", "vgg_d2l")

@@ -101,9 +101,13 @@ def machine(framework: str, device: str) -> Dict[str, object]:
             gpu = out.stdout.strip().splitlines()[0] if out.returncode == 0 else device
         except (OSError, subprocess.SubprocessError, IndexError):
             gpu = device
+    try:    # other work on the machine slows a run: the load says whether there was any
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
             "physical_cores": physical_cores(), "threads": threads, "device": device,
-            "gpu": gpu, "platform": platform.platform()}
+            "gpu": gpu, "platform": platform.platform(), "load_average_at_end": load}
 
 
 def versions(framework: str) -> Dict[str, str]:
