@@ -73,7 +73,7 @@ bench: setup data
 # about 4 hours on a 2-core CPU.  Current records are skipped, an interrupted run resumes
 # from its checkpoint; RESULTS_COMMIT=1 commits each record as it is written.
 results: setup data
-	$(PY) -m d2lport.cli results run $(if $(RESULTS_COMMIT),--commit)
+	$(PY) -m d2lport.cli results run --readme README.md $(if $(RESULTS_COMMIT),--commit)
 
 results-status: setup
 	$(PY) -m d2lport.cli results status

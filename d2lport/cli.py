@@ -179,6 +179,9 @@ def cmd_results(args) -> int:
     frameworks = _frameworks_arg(args.frameworks)
     if args.action == "status":
         print(runner.status(args.recipes or None, frameworks))
+        if args.readme:
+            runner.update_readme(args.readme)
+            print(f"updated the results section of {args.readme}")
         return 0
     if args.action == "check":
         from . import results
@@ -199,7 +202,7 @@ def cmd_results(args) -> int:
             print(f"{bad} record(s) missing, stale or inconsistent: `make results` makes them")
         return 1 if bad else 0
     return runner.run(args.recipes or None, frameworks, commit=args.commit,
-                      dry_run=args.dry_run)
+                      dry_run=args.dry_run, readme=args.readme)
 
 
 def _frameworks_arg(text: str) -> List[str]:
@@ -419,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--commit", action="store_true", help="run: git-commit each record as it "
                    "is written")
     s.add_argument("--dry-run", action="store_true", help="run: say what would be trained")
+    s.add_argument("--readme", help="rewrite this README's results section (run: after each "
+                   "record)")
     s.add_argument("--data", help="check: directory holding the four Fashion-MNIST files")
     s.set_defaults(func=cmd_results)
 

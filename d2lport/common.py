@@ -151,6 +151,22 @@ def plot_history(history: History, ax=None):
     return fig
 
 
+def replace_section(path, start: str, end: str, markdown: str, what: str) -> None:
+    """Replace the text between the marker lines ``start`` and ``end`` of a Markdown file
+    (a README section a command writes), atomically."""
+    from pathlib import Path
+    p = Path(path)
+    text = p.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{p} has no {what}: put the lines {start!r} and {end!r} where it "
+                         "should go")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(head + start + "\n" + markdown + end + tail)
+    tmp.replace(p)
+
+
 def _modules():
     import sys
     return sys.modules

@@ -194,14 +194,5 @@ README_END = "<!-- bench:end -->"
 
 def update_readme(path, markdown: str) -> None:
     """Replace the README's section between the bench markers with ``markdown``."""
-    from pathlib import Path
-    p = Path(path)
-    text = p.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{p} has no benchmark section: put the lines {README_START!r} and "
-                         f"{README_END!r} where the table should go")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(head + README_START + "\n" + markdown + README_END + tail)
-    tmp.replace(p)
+    from ..common import replace_section
+    replace_section(path, README_START, README_END, markdown, "benchmark section")

@@ -15,6 +15,15 @@ from . import record as _record
 from .recipes import Recipe, recipes
 
 CHECKPOINTS = _record.RESULTS_DIR / ".checkpoints"
+README_START = "<!-- results:start (make results writes this section) -->"
+README_END = "<!-- results:end -->"
+
+
+def update_readme(path) -> None:
+    """The README's results section: the overview table of the records there are."""
+    from ..common import replace_section
+    from .show import overview
+    replace_section(path, README_START, README_END, str(overview()) + "\n", "results section")
 
 
 def state(recipe: Recipe, framework: str, directory=None) -> Tuple[str, List[str]]:
@@ -62,14 +71,16 @@ def status(names=None, frameworks=None, directory=None) -> str:
     return "\n".join(lines)
 
 
-def _git_commit(path: Path, message: str) -> None:
-    """Commit the one record file (nothing else that is staged), retrying a busy index."""
+def _git_commit(path: Path, message: str, readme=None) -> None:
+    """Commit the record file (and the README it updated; nothing else that is staged),
+    retrying a busy index."""
     root = _record.ROOT
+    files = [str(path)] + ([str(readme)] if readme else [])
     for attempt in range(5):
-        add = subprocess.run(["git", "add", "--", str(path)], cwd=root, capture_output=True,
+        add = subprocess.run(["git", "add", "--", *files], cwd=root, capture_output=True,
                              text=True)
         done = add.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", str(path)], cwd=root,
+            ["git", "commit", "-q", "-m", message, "--", *files], cwd=root,
             capture_output=True, text=True).returncode == 0
         if done:
             print(f"committed {path.relative_to(root)}", flush=True)
@@ -79,7 +90,7 @@ def _git_commit(path: Path, message: str) -> None:
 
 
 def run(names=None, frameworks=None, commit: bool = False, rerun_code_changes: bool = True,
-        dry_run: bool = False, python: str = sys.executable) -> int:
+        dry_run: bool = False, python: str = sys.executable, readme=None) -> int:
     """Train every run that is not current, one process each, in recipe order.  A run cut
     short (Ctrl-C, a kill, a reboot) resumes from its checkpoint the next time."""
     todo = [(r, fw, st) for r, fw, st, _ in plan(names, frameworks)
@@ -124,8 +135,10 @@ def run(names=None, frameworks=None, commit: bool = False, rerun_code_changes: b
         row = _record.summarize([rec])[0]
         print(f"{run_name}: test accuracy {row['test_acc']:.4f}, {row['minutes']:.1f} min "
               f"of training, {row['examples_per_sec']:.0f} ex/s", flush=True)
+        if readme:
+            update_readme(readme)
         if commit:
             _git_commit(path, f"results: {run_name} (test accuracy {row['test_acc']:.4f}, "
-                              f"{row['minutes']:.0f} min)")
+                              f"{row['minutes']:.0f} min)", readme)
     print("\n" + status(names, frameworks), flush=True)
     return 0
