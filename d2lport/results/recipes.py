@@ -83,7 +83,7 @@ CPU_RECIPES: Tuple[Recipe, ...] = (
                "parameters); two epochs of Adam"),
     Recipe("vgg_d2l_bn", "vgg_d2l", dict(_VGG64, batch_norm=True), resize=64, epochs=2,
            why="the same as vgg_d2l with BatchNorm after every convolution, same settings"),
-    Recipe("googlenet_v1", "googlenet_v1", dict(num_classes=10, in_channels=1, image_size=96),
+    Recipe("googlenet_v1", "googlenet_v1", dict(image_size=96),
            resize=96, epochs=1,
            why="the 2014 paper's net at 96 px like the book's variant (224 px is 5x the "
                "FLOPs; 65 px is its smallest input, where the auxiliary heads' 5x5 pooling "
@@ -103,7 +103,7 @@ BOOK_RECIPES: Tuple[Recipe, ...] = (
            why="D2L 1.0: VGG(arch=..., lr=0.01), 10 epochs, 224 px"),
     Recipe("vgg_d2l_bn", "vgg_d2l", {"batch_norm": True}, resize=224, epochs=10,
            optimizer="sgd", lr=0.01, why="D2L 1.0's VGG settings, with BatchNorm"),
-    Recipe("googlenet_v1", "googlenet_v1", dict(num_classes=10, in_channels=1, image_size=224),
+    Recipe("googlenet_v1", "googlenet_v1", dict(image_size=224),
            resize=224, epochs=10, optimizer="sgd", lr=0.01, momentum=0.9,
            why="the paper's 224 px and momentum 0.9, D2L's lr 0.01 and 10 epochs"),
 )

@@ -37,6 +37,10 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
         raise ValueError(f"init must be one of {', '.join(_init.SCHEMES)}, got {init!r}")
     framework = registry.require_framework(framework)
     model_kwargs = dict(model_kwargs or {})
+    for key, value in (("num_classes", 10), ("in_channels", 1)):
+        if model_kwargs.pop(key, value) != value:
+            raise ValueError(f"Fashion-MNIST has 10 classes of 1-channel images: drop "
+                             f"{key}= (it is {value} for these images)")
     if "image_size" in model_kwargs:        # the network is built for the images it sees
         size = model_kwargs.pop("image_size")
         if resize not in (None, size):

@@ -50,8 +50,10 @@ def _eval_fn(net):
     cache = net.__dict__.setdefault("_d2lport_eval", {})
     key = net.dtype_policy.name
     if key not in cache:
+        # autograph=False: no Python control flow to convert, and AutoGraph cannot read
+        # closures like this one (it warned, then ran the function as written anyway)
         cache[key] = tf.function(lambda X, y: _correct(net(X, training=False), y),
-                                 reduce_retracing=True)
+                                 reduce_retracing=True, autograph=False)
     return cache[key]
 
 
@@ -260,7 +262,7 @@ def _loop(net, train_iter, test_iter, num_epochs, device, progress, max_steps, l
                     break
                 if compiled is None:
                     traced = time.perf_counter()
-                    compiled = tf.function(step_fn, input_signature=[
+                    compiled = tf.function(step_fn, autograph=False, input_signature=[
                         tf.TensorSpec((None,) + tuple(X.shape[1:]), X.dtype),
                         tf.TensorSpec((None,), y.dtype)])
                     compiled.get_concrete_function()
