@@ -130,7 +130,8 @@ class History:
 
 
 def plot_history(history: History, ax=None):
-    """Loss and accuracies per epoch, D2L-style; returns the matplotlib figure."""
+    """Loss and accuracies per epoch, D2L-style; returns the matplotlib figure.  A run of
+    one epoch has no curve to draw: it shows as points, and the title says so."""
     import matplotlib
     if ax is None and not os.environ.get("DISPLAY") and "ipykernel" not in _modules():
         matplotlib.use("Agg")
@@ -140,11 +141,19 @@ def plot_history(history: History, ax=None):
     else:
         fig = ax.figure
     x = [e["epoch"] for e in history.epochs]
-    ax.plot(x, history.loss, "-o", label="train loss")
-    ax.plot(x, history.train_acc, "--s", label="train acc")
-    ax.plot(x, history.test_acc, "-.^", label="test acc")
+    one = len(x) == 1
+    size = 8 if one else 6
+    ax.plot(x, history.loss, "-o", markersize=size, label="train loss")
+    ax.plot(x, history.train_acc, "--s", markersize=size, label="train acc")
+    ax.plot(x, history.test_acc, "-.^", markersize=size, label="test acc")
     ax.set_xlabel("epoch")
-    ax.set_title(f"{history.model} ({history.framework}, {history.device})")
+    if x:
+        ax.set_xticks(x if len(x) <= 12 else x[::-(-len(x) // 10)])
+        ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
+    title = f"{history.model} ({history.framework}, {history.device})"
+    if one:
+        title += "\none epoch: points, no curve"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

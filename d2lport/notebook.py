@@ -52,34 +52,79 @@ def smoke_mode() -> bool:
 
 
 class Settings(SimpleNamespace):
-    """The parameters of a notebook run: attributes (``P.epochs``) plus ``P.mode``."""
+    """The parameters of a notebook run: attributes (``P.epochs``) plus ``P.mode``
+    (``smoke`` or ``full``) and, when the full settings are a recipe's
+    (:func:`d2lport.results.show.live_settings`), ``P.recipe`` and ``P.profile``."""
 
     def __repr__(self):
         items = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "mode")
         return f"Settings({self.mode}: {items})"
 
 
+# keys of the settings that say where they come from, not how to train
+_LABELS = ("recipe", "profile")
+
+
 def _describe(values: dict) -> str:
     return ", ".join(f"{k}={'all' if v is None and k == 'limit' else v}"
-                     for k, v in values.items())
+                     for k, v in values.items() if k not in _LABELS)
+
+
+def _full_run(values: dict) -> str:
+    """What the full settings are: a profile's recipe, or the chapter's own settings."""
+    from .results.recipes import PROFILE_ENV
+    recipe, profile = values.get("recipe"), values.get("profile")
+    if profile == "cpu":
+        return (f"the CPU recipe `{recipe}`, the settings of the recorded runs "
+                f"(results/{recipe}-<framework>.json)")
+    if profile == "book":
+        return f"the book's settings for `{recipe}` ({PROFILE_ENV}=book, meant for a GPU)"
+    return "the full settings"
+
+
+def which_run(P: "Settings", recipe: Optional[str] = None) -> str:
+    """What kind of run the settings ``P`` make, as a phrase: a smoke check, the CPU recipe
+    of the records, or the book profile's settings (``recipe`` overrides ``P.recipe``, for a
+    second network trained with the same settings)."""
+    from .results.recipes import PROFILE_ENV
+    recipe = recipe or getattr(P, "recipe", None)
+    profile = getattr(P, "profile", None)
+    if P.mode == "smoke":
+        limit = getattr(P, "limit", None)
+        return (f"a SMOKE run ({SMOKE_ENV}=1): a check that the code runs"
+                + (f" on {limit} images" if limit else "") + ", not a result")
+    if profile == "cpu":
+        return f"a full run of the CPU recipe `{recipe}`, the settings of its recorded runs"
+    if profile == "book":
+        return f"a full run of `{recipe}` with the book profile's settings ({PROFILE_ENV}=book)"
+    return "a full run"
 
 
 def settings(full: dict, smoke: dict, quiet: bool = False) -> Settings:
-    """The parameters cell: ``full`` (the book's run) or, with ``D2LPORT_SMOKE=1``,
-    ``smoke`` (keys missing from ``smoke`` keep their full value).  Prints which."""
+    """The parameters cell: ``full`` (the book's run, or a recipe's:
+    ``full=show.live_settings(name)``) or, with ``D2LPORT_SMOKE=1``, ``smoke`` (keys
+    missing from ``smoke`` keep their full value).  Prints which."""
     if smoke_mode():
         values, mode = {**full, **smoke}, "smoke"
     else:
         values, mode = dict(full), "full"
     if not quiet:
+        from .results.recipes import PROFILE_ENV
+        other = ""
+        if full.get("profile") == "cpu":
+            other = f"; {PROFILE_ENV}=book selects the book's settings (for a GPU)"
+        elif full.get("profile") == "book":
+            other = f"; unset {PROFILE_ENV} for the CPU recipe of the recorded runs"
         if mode == "smoke":
             print(f"SMOKE mode ({SMOKE_ENV}=1): {_describe(values)}\n"
-                  "  a quick check on a small subset, not the book's run: accuracies are far "
-                  "below the book's.\n"
-                  f"  Full settings (unset {SMOKE_ENV}): {_describe(full)}")
+                  "  a quick check on a small subset, not a result: accuracies are far "
+                  "below the recorded runs'.\n"
+                  f"  Full settings (unset {SMOKE_ENV}), {_full_run(full)}: "
+                  f"{_describe(full)}{other}")
         else:
-            print(f"FULL mode: {_describe(values)}\n"
-                  f"  ({SMOKE_ENV}=1 selects the smoke settings: {_describe({**full, **smoke})})")
+            print(f"FULL mode, {_full_run(full)}: {_describe(values)}\n"
+                  f"  ({SMOKE_ENV}=1 selects the smoke settings: "
+                  f"{_describe({**full, **smoke})}{other})")
     return Settings(mode=mode, **values)
 
 
@@ -179,13 +224,30 @@ def show_confusion_matrix(labels, predicted, names: Sequence[str] = LABELS, titl
     return fig
 
 
-def report(history) -> str:
-    """One line: final test accuracy, throughput and device of a training ``History``."""
+def report(history, settings: Optional[Settings] = None, recipe: Optional[str] = None) -> str:
+    """Final test accuracy, throughput and device of a training ``History``; with the
+    notebook's ``settings``, a second line saying which run it was (a smoke check, the CPU
+    recipe, the book's settings) and, for the CPU recipe, the committed record's accuracy in
+    the same framework."""
     last = history.epochs[-1]
-    return (f"{history.model} ({history.framework}): test accuracy {last['test_acc']:.3f}, "
+    line = (f"{history.model} ({history.framework}): test accuracy {last['test_acc']:.3f}, "
             f"train accuracy {last['train_acc']:.3f}, loss {last['loss']:.3f} after "
             f"{len(history.epochs)} epoch(s); {last['examples_per_sec']:.1f} examples/s "
             f"on {history.device}")
+    if settings is None:
+        return line
+    line += "\n  this was " + which_run(settings, recipe)
+    name = recipe or getattr(settings, "recipe", None)
+    if settings.mode == "full" and getattr(settings, "profile", None) == "cpu" and name:
+        from .results import record as _record
+        path = _record.path_for(f"{name}-{history.framework}")
+        try:
+            h = _record.load(path)["history"]
+            line += (f"; the committed record ({path.parent.name}/{path.name}): test "
+                     f"accuracy {h[-1]['test_acc']:.3f} after {len(h)} epoch(s)")
+        except _record.RecordError:
+            line += f"; {path.parent.name}/{path.name} is not recorded yet (make results)"
+    return line
 
 
 def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> None:
@@ -379,8 +441,10 @@ def notebook_markdown(text: str, framework: str, name: str,
         f"[chapters/{name}.md](../../chapters/{name}.md) by `make notebooks`: edit the "
         "chapter, not this file. The stored outputs are from the run whose settings the "
         "parameters cell prints; the committed notebooks ran in smoke mode "
-        f"(`{SMOKE_ENV}=1`) on a 2-core CPU, so their accuracies are far below the book's. "
-        f"Unset `{SMOKE_ENV}` for the full run.*",
+        f"(`{SMOKE_ENV}=1`) on a 2-core CPU, so their live training cells are checks, not "
+        "results. The results are the recorded runs of `make results` (`results/*.json`), "
+        f"which the training sections show. Unset `{SMOKE_ENV}` to train the CPU recipe "
+        "of those records here (`D2LPORT_PROFILE=book`: the book's settings).*",
         "", ""]
     lines, i, in_static = text.splitlines(), 0, None
     while i < len(lines):

@@ -7,6 +7,7 @@ chapter code block reaches a notebook, that the chapters render as Markdown, and
 architecture pictures follow the spec.
 """
 import json
+import re
 import shutil
 
 import numpy as np
@@ -281,3 +282,58 @@ def test_predictions_confusion_matrix_and_plots():
     # channels-last batches (TensorFlow) come out as (N, H, W) too
     images, _, _ = nb.predictions(_FakeBackend, None, [(np.zeros((2, 5, 5, 1)), np.zeros(2))])
     assert images.shape == (2, 5, 5)
+
+
+# --------------------------------------------------------------------------- recorded runs
+# The networks each chapter trains: its training section shows their committed records.
+RECORDED = {"1_vgg": ("vgg_d2l", "vgg_d2l_bn"), "2_googlenet": ("googlenet", "googlenet_v1"),
+            "3_advanced_cnn": ("inception_a_net", "residual_net")}
+PAPERS = {"1_vgg": ("1409.1556", "1502.03167"),
+          "2_googlenet": ("1409.4842", "1312.4400"),
+          "3_advanced_cnn": ("1512.03385",)}
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c.stem in RECORDED],
+                         ids=lambda p: p.stem)
+def test_training_sections_show_the_records_and_the_live_run_says_which_it_was(chapter):
+    text = chapter.read_text(encoding="utf-8")
+    blocks = nb.code_blocks(text, chapter.name)
+    shared = [b for b in blocks if b["tabs"] == nb.FRAMEWORKS]
+    for name in RECORDED[chapter.stem]:
+        calls = [f'show.{f}("{name}")' for f in ("recipe_notes", "table", "confusion",
+                                                  "prediction_grid")]
+        cell = [b for b in shared if all(c in b["code"] for c in calls)]
+        assert cell, f"{chapter.name}: no shared cell shows the records of {name}"
+        assert f'"{name}"' in cell[0]["code"].split("show.curves(", 1)[1].split(")")[0]
+        assert "nbval-ignore-output" in cell[0]["info"], "records change: output ignored"
+    params = [b for b in blocks if '"parameters"' in b["info"]]
+    assert len(params) == 1 and "show.live_settings(" in params[0]["code"]
+    for b in blocks:
+        if "d2p.train(" in b["code"]:
+            code = b["code"]
+            assert "initial_weights(" in code, "the live run starts where the records did"
+            assert "optimizer=P" in code and "lr=P" in code and "momentum=P" in code
+            assert re.search(r"nb\.report\([^)]*, P", code), "the report says which run"
+    assert "lr=0.05" not in text and "learning rate 0.05" not in text
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapters_cite_their_sources_with_links(chapter):
+    text = chapter.read_text(encoding="utf-8")
+    assert re.search(r"^## References\s*$", text, re.M)
+    refs = text.split("## References", 1)[1].split("## Exercises", 1)[0]
+    assert "https://d2l.ai" in refs
+    for paper in PAPERS.get(chapter.stem, ()):
+        assert f"https://arxiv.org/abs/{paper}" in refs, paper
+
+
+def test_googlenet_chapter_says_where_1x1_and_global_pooling_come_from():
+    text = (nb.CHAPTERS / "2_googlenet.md").read_text(encoding="utf-8")
+    section = text.split("### Where", 1)[1].split("\n## ", 1)[0]
+    assert "Network in Network" in section and "1312.4400" in section
+    assert "global average pooling" in section and "1\\times1" in section
+
+
+def test_frameworks_chapter_shows_the_overview_of_the_records():
+    text = (nb.CHAPTERS / "4_frameworks.md").read_text(encoding="utf-8")
+    assert any("show.overview()" in b["code"] for b in nb.code_blocks(text))

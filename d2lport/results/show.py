@@ -119,6 +119,7 @@ def confusion(name: str, directory=None, data_root=None):
     from ..notebook import show_confusion_matrix
     rec = best(name, directory)
     if rec is None:
+        print(f"{name}: no record yet, so no confusion matrix. " + _missing_note(name, []))
         return None
     _, labels = load_arrays("test", root=data_root)
     preds = np.asarray(rec["test"]["predictions"])
@@ -134,6 +135,7 @@ def prediction_grid(name: str, n: int = 16, directory=None, data_root=None):
     from ..notebook import show_predictions
     rec = best(name, directory)
     if rec is None:
+        print(f"{name}: no record yet, so no predictions to show. " + _missing_note(name, []))
         return None
     images, labels = load_arrays("test", root=data_root)
     preds = np.asarray(rec["test"]["predictions"])
@@ -145,13 +147,16 @@ def prediction_grid(name: str, n: int = 16, directory=None, data_root=None):
 
 
 def recipe_notes(name: str) -> Markdown:
-    """How the CPU recipe differs from D2L 1.0's settings for the network (the ``book``
-    profile), and why."""
+    """How the CPU recipe differs from the book profile's settings for the network (D2L
+    1.0's, or for the lecture's nets the lecture's), each differing setting named."""
     cpu, book = recipes("cpu")[name], {r.name: r for r in BOOK_RECIPES}[name]
-    rows = []
-    for field in ("optimizer", "lr", "momentum", "epochs", "batch_size", "resize", "init"):
+    rows, differ = [], []
+    for field in ("optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size",
+                  "resize", "init"):
         a, b = getattr(cpu, field), getattr(book, field)
         rows.append(f"| {field} | {a} | {b} |" + (" differs |" if a != b else " |"))
+        if a != b:
+            differ.append(field)
     kwargs, _ = registry.kwargs_for_data(cpu.model, cpu.resize, **{
         k: v for k, v in cpu.model_kwargs.items() if k != "image_size"})
     bkwargs, _ = registry.kwargs_for_data(book.model, book.resize, **{
@@ -160,13 +165,36 @@ def recipe_notes(name: str) -> Markdown:
     p_book = specs.count_params(registry.get_spec(book.model, **bkwargs))
     rows.append(f"| parameters | {p_cpu:,} | {p_book:,} |" + (" differs |" if p_cpu != p_book
                                                                  else " |"))
+    if p_cpu != p_book:
+        differ.append(f"parameters ({p_cpu:,} instead of {p_book:,}, from the image size)")
+    named = ("Settings that differ from the book profile: " + ", ".join(differ) + "."
+             if differ else "The CPU recipe uses the book profile's settings.")
     return Markdown(
         f"**Recipe `{name}`** ({cpu.why}).\n\n"
-        "| setting | CPU recipe (recorded, the default) | D2L 1.0 (`D2LPORT_PROFILE=book`) | |\n"
-        "|---|---|---|---|\n" + "\n".join(rows) +
-        "\n\nBoth start from the same Xavier-uniform weights in every framework (D2L 1.0's "
+        "| setting | CPU recipe (recorded, the default) | book profile (`D2LPORT_PROFILE=book`) "
+        "| |\n|---|---|---|---|\n" + "\n".join(rows) +
+        f"\n\n{named} Book profile: {book.why}.\n\n"
+        "Both start from the same Xavier-uniform weights in every framework (D2L 1.0's "
         "`init_cnn`), drawn once by numpy from the seed, and see the batches in the same "
         "seeded order.")
+
+
+def side_by_side(names: Sequence[str], directory=None) -> Markdown:
+    """Markdown: one row per framework, the final test accuracy of each recipe in
+    ``names`` (the same settings but for the network) and the difference of the last from
+    the first."""
+    recs = {name: _records(name, directory) for name in names}
+    lines = ["| framework | " + " | ".join(f"`{n}`" for n in names) + " | difference |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for fw in registry.FRAMEWORKS:
+        accs = [recs[n][fw]["history"][-1]["test_acc"] if fw in recs[n] else None
+                for n in names]
+        cells = [f"{a:.4f}" if a is not None else "not recorded yet" for a in accs]
+        diff = (f"{accs[-1] - accs[0]:+.4f}" if accs[0] is not None and accs[-1] is not None
+                else "–")
+        lines.append(f"| {fw} | " + " | ".join(cells) + f" | {diff} |")
+    return Markdown("\n".join(lines) + f"\n\nFinal test accuracy on the 10,000 test images; "
+                    f"the difference is `{names[-1]}` minus `{names[0]}`.")
 
 
 def overview(names: Optional[Sequence[str]] = None, directory=None) -> Markdown:
@@ -195,8 +223,13 @@ def overview(names: Optional[Sequence[str]] = None, directory=None) -> Markdown:
 
 def live_settings(name: str) -> dict:
     """The settings a chapter's live training cell runs with: the recipe of the profile
-    (``D2LPORT_PROFILE``: ``cpu`` by default, ``book`` for D2L 1.0's), as ``settings(full=)``
-    of :mod:`d2lport.notebook` takes them."""
-    r: Recipe = recipes()[name]
-    return dict(epochs=r.epochs, batch_size=r.batch_size, optimizer=r.optimizer, lr=r.lr,
-                momentum=r.momentum, resize=r.resize, limit=None, init=r.init)
+    (``D2LPORT_PROFILE``: ``cpu`` by default, ``book`` for the book's), as ``settings(full=)``
+    of :mod:`d2lport.notebook` takes them; ``recipe`` and ``profile`` say where they come
+    from (the report names them)."""
+    from .recipes import profile
+    which = profile()
+    r: Recipe = recipes(which)[name]
+    return dict(recipe=name, profile=which, epochs=r.epochs, batch_size=r.batch_size,
+                optimizer=r.optimizer, lr=r.lr, momentum=r.momentum,
+                weight_decay=r.weight_decay, resize=r.resize, limit=None, seed=r.seed,
+                init=r.init)
