@@ -460,3 +460,23 @@ def test_device_strings_like_the_other_backends():
     history = d2p.train(d2p.create_model("residual_net", seed=0), train_iter, test_iter,
                         num_epochs=1, lr=0.05, device="cpu", progress=False)
     assert history.device == str(mx.cpu())
+
+
+@pytest.mark.mxnet
+def test_set_weights_after_a_forward_pass_writes_onednn_laid_out_weights():
+    """oneDNN keeps a weight in its own layout once the net has run; loading canonical
+    weights then must still work (it failed with "can't generate TBlob for MKLDNN data")."""
+    import numpy as onp
+    from d2lport import mxnet as d2p
+    from d2lport.results.init import initial_weights
+    net = d2p.create_model("residual_net", seed=0)
+    x = onp.random.default_rng(0).random((2, 1, 28, 28), dtype=onp.float32)
+    d2p.logits(net, x)
+    w = initial_weights(net.spec, 0)
+    d2p.set_weights(net, w)
+    got = d2p.get_weights(net)
+    assert all(onp.array_equal(got[k], w[k]) for k in w)
+    fresh = d2p.set_weights(d2p.create_model("residual_net", seed=1), w)
+    onp.testing.assert_allclose(d2p.to_numpy(d2p.logits(net, x)) if hasattr(d2p, "to_numpy")
+                                else onp.asarray(d2p.logits(net, x)),
+                                onp.asarray(d2p.logits(fresh, x)), rtol=1e-5, atol=1e-6)

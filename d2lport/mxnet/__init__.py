@@ -164,7 +164,16 @@ def set_weights(net: Net, weights, strict: bool = True) -> Net:
     params = canonical_params(net)
     for key, value in weights.items():
         # Written in place into the parameter's own arrays (mx.nd or mxnet.np alike).
-        params[key].set_data(_np.asarray(value, dtype=params[key].dtype))
+        param, value = params[key], _np.asarray(value, dtype=params[key].dtype)
+        try:
+            param.set_data(value)
+        except _mx.base.MXNetError:
+            # After a forward pass oneDNN may keep a weight in its own layout, which a
+            # numpy assignment cannot write ("can't generate TBlob for MKLDNN data"); the
+            # engine's copy of an MXNet array can.
+            for arr in param.list_data():
+                make = _mx.np.array if isinstance(arr, _mx.np.ndarray) else _mx.nd.array
+                make(value, ctx=arr.context, dtype=value.dtype).copyto(arr)
     return net
 
 
