@@ -118,7 +118,9 @@ def expand(name: str, kwargs: Optional[dict] = None) -> Tuple[str, dict]:
     """(registered name, keyword arguments) with an alias expanded (``vgg_d2l`` -> vgg11 with
     width_ratio=4, ...), so that a worker or a weight file's meta can rebuild the model."""
     key, fixed = resolve(name)
-    return key, {**fixed, **(kwargs or {})}
+    # The alias's label (``name=``) is not a keyword to pass around: get_spec(name, **kw)
+    # and create_model(name, **kw) take the model's name first.
+    return key, {k: v for k, v in {**fixed, **(kwargs or {})}.items() if k != "name"}
 
 
 def fit_kwargs(name: str, input_shape: Optional[Sequence[int]] = None, **kwargs) -> dict:

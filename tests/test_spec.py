@@ -123,8 +123,7 @@ def test_model_kwargs_are_fitted_to_an_input_and_to_fashion_mnist():
     assert registry.kwargs_for_data("googlenet", 64) == ({"num_classes": 10, "in_channels": 1}, 64)
     assert registry.kwargs_for_data("residual_net")[1] == 28
     assert registry.expand("vgg_d2l", {"image_size": 32}) == ("vgg11", {
-        "width_ratio": 4, "in_channels": 1, "num_classes": 10, "name": "vgg_d2l",
-        "image_size": 32})
+        "width_ratio": 4, "in_channels": 1, "num_classes": 10, "image_size": 32})
     # the narrow net is labelled as such (summaries, plots, diagrams), not as vgg11
     assert registry.get_spec("vgg_d2l").name == "vgg_d2l"
 

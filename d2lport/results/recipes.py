@@ -76,7 +76,7 @@ CPU_RECIPES: Tuple[Recipe, ...] = (
            why="the lecture's InceptionA net: 28 px, 5 epochs of Adam"),
     Recipe("googlenet", "googlenet", resize=96, epochs=2,
            why="the book's 96 px; two epochs of Adam at lr 0.001 (Dive-into-DL-PyTorch: "
-               "0.853 after two), about 11 minutes an epoch on 2 cores"),
+               "0.853 after two), 12 to 16 minutes an epoch on 2 cores"),
     Recipe("vgg_d2l", "vgg_d2l", dict(_VGG64), resize=64, epochs=2,
            why="64 px instead of the book's 224 (13x fewer FLOPs; the first dense layer "
                "sees 2x2x128 features instead of 7x7x128, so it has far fewer "
