@@ -59,9 +59,7 @@ def test_records_of_one_recipe_started_from_the_same_weights():
         digests = {rec["init_sha256"] for rec in by_fw.values()}
         assert len(digests) == 1, f"{name}: the frameworks started from different weights"
         r = get(name)
-        kwargs, _ = registry.kwargs_for_data(r.model, r.resize, **{
-            k: v for k, v in r.model_kwargs.items() if k != "image_size"})
-        spec = registry.get_spec(r.model, **kwargs)
+        spec = r.spec()
         assert digests == {rinit.digest(rinit.initial_weights(spec, r.seed))}
 
 
@@ -70,10 +68,8 @@ def test_records_of_one_recipe_started_from_the_same_weights():
 def test_every_recipe_builds_and_both_profiles_name_the_same_networks():
     assert [r.name for r in CPU_RECIPES] == [r.name for r in BOOK_RECIPES]
     for r in CPU_RECIPES + BOOK_RECIPES:
-        kwargs, side = registry.kwargs_for_data(r.model, r.resize, **{
-            k: v for k, v in r.model_kwargs.items() if k != "image_size"})
-        spec = registry.get_spec(r.model, **kwargs)
-        assert side >= specs.min_input_size(spec), r
+        spec = r.spec()
+        assert r.resize >= specs.min_input_size(spec), r
         assert r.digest() == dataclasses.replace(r, why="other words").digest()
         assert r.digest() != dataclasses.replace(r, lr=r.lr * 2).digest()
     # the book profile is D2L 1.0's: SGD at lr 0.01 for its networks
@@ -112,9 +108,7 @@ def test_initial_weights_are_xavier_and_the_same_every_time():
 
 # ----------------------------------------------------------------- the record file
 def _fake_record(recipe, fw="torch", acc_of=None, labels=None, epochs=None):
-    kwargs, _ = registry.kwargs_for_data(recipe.model, recipe.resize, **{
-        k: v for k, v in recipe.model_kwargs.items() if k != "image_size"})
-    spec = registry.get_spec(recipe.model, **kwargs)
+    spec = recipe.spec()
     labels = np.arange(20) % 10 if labels is None else labels
     preds = labels.copy()
     preds[:5] = (preds[:5] + 1) % 10

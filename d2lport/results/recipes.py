@@ -56,6 +56,18 @@ class Recipe:
         digest is stale."""
         return settings_digest(self.model, self.model_kwargs, self.settings())
 
+    def spec_kwargs(self) -> Dict[str, object]:
+        """The model's keyword arguments fitted to Fashion-MNIST at the recipe's side (an
+        ``image_size`` in ``model_kwargs`` is that side)."""
+        from .. import registry
+        kwargs = {k: v for k, v in self.model_kwargs.items() if k != "image_size"}
+        return registry.kwargs_for_data(self.model, self.resize, **kwargs)[0]
+
+    def spec(self):
+        """The framework-free spec of the network this recipe trains."""
+        from .. import registry
+        return registry.get_spec(self.model, **self.spec_kwargs())
+
     def run_name(self, framework: str) -> str:
         return f"{self.name}-{framework}"
 

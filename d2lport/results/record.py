@@ -218,9 +218,7 @@ def staleness(record: dict, recipe) -> List[str]:
         problems.append(f"made for recipe {record.get('recipe')!r}, not {recipe.name!r}")
     if record.get("recipe_sha256") != recipe.digest():
         problems.append("the recipe changed (settings, model or its keyword arguments)")
-    kwargs, _ = registry.kwargs_for_data(recipe.model, recipe.resize, **{
-        k: v for k, v in recipe.model_kwargs.items() if k != "image_size"})  # = resize
-    spec = registry.get_spec(recipe.model, **kwargs)
+    spec = recipe.spec()
     if record.get("spec_sha256") != spec_digest(spec):
         problems.append(f"the spec of {recipe.model} changed")
     if record.get("params") != specs.count_params(spec):

@@ -113,16 +113,25 @@ def best(name: str, directory=None) -> Optional[dict]:
     return max(recs.values(), key=lambda r: r["history"][-1]["test_acc"])
 
 
-def confusion(name: str, directory=None, data_root=None):
-    """The best run's confusion matrix over the whole test set."""
+def _best_on_test(name: str, what: str, directory=None, data_root=None):
+    """``(record, test images, labels, predictions)`` of the best run, or None (and a
+    note saying there is no ``what`` yet)."""
     from ..data import load_arrays
-    from ..notebook import show_confusion_matrix
     rec = best(name, directory)
     if rec is None:
-        print(f"{name}: no record yet, so no confusion matrix. " + _missing_note(name, []))
+        print(f"{name}: no record yet, so no {what}. " + _missing_note(name, []))
         return None
-    _, labels = load_arrays("test", root=data_root)
-    preds = np.asarray(rec["test"]["predictions"])
+    images, labels = load_arrays("test", root=data_root)
+    return rec, images, labels, np.asarray(rec["test"]["predictions"])
+
+
+def confusion(name: str, directory=None, data_root=None):
+    """The best run's confusion matrix over the whole test set."""
+    from ..notebook import show_confusion_matrix
+    found = _best_on_test(name, "confusion matrix", directory, data_root)
+    if found is None:
+        return None
+    rec, _, labels, preds = found
     return show_confusion_matrix(labels, preds, title=(
         f"{name} ({rec['framework']}): accuracy {np.mean(preds == labels):.4f} on "
         f"{len(labels):,} test images"))
@@ -131,14 +140,11 @@ def confusion(name: str, directory=None, data_root=None):
 def prediction_grid(name: str, n: int = 16, directory=None, data_root=None):
     """The best run's predictions for the first ``n`` test images (the record holds every
     prediction, so no weights are needed), then its first mistakes."""
-    from ..data import load_arrays
     from ..notebook import show_predictions
-    rec = best(name, directory)
-    if rec is None:
-        print(f"{name}: no record yet, so no predictions to show. " + _missing_note(name, []))
+    found = _best_on_test(name, "predictions to show", directory, data_root)
+    if found is None:
         return None
-    images, labels = load_arrays("test", root=data_root)
-    preds = np.asarray(rec["test"]["predictions"])
+    rec, images, labels, preds = found
     wrong = np.flatnonzero(preds != labels)[: n // 2]
     idx = np.concatenate([np.arange(n - len(wrong)), wrong])
     return show_predictions(images[idx], labels[idx], preds[idx], n=n,
@@ -157,12 +163,7 @@ def recipe_notes(name: str) -> Markdown:
         rows.append(f"| {field} | {a} | {b} |" + (" differs |" if a != b else " |"))
         if a != b:
             differ.append(field)
-    kwargs, _ = registry.kwargs_for_data(cpu.model, cpu.resize, **{
-        k: v for k, v in cpu.model_kwargs.items() if k != "image_size"})
-    bkwargs, _ = registry.kwargs_for_data(book.model, book.resize, **{
-        k: v for k, v in book.model_kwargs.items() if k != "image_size"})
-    p_cpu = specs.count_params(registry.get_spec(cpu.model, **kwargs))
-    p_book = specs.count_params(registry.get_spec(book.model, **bkwargs))
+    p_cpu, p_book = specs.count_params(cpu.spec()), specs.count_params(book.spec())
     rows.append(f"| parameters | {p_cpu:,} | {p_book:,} |" + (" differs |" if p_cpu != p_book
                                                                  else " |"))
     if p_cpu != p_book:
