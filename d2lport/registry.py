@@ -18,11 +18,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import specs
 
-FRAMEWORKS: Tuple[str, ...] = ("torch", "tensorflow", "mxnet")
+FRAMEWORKS: Tuple[str, ...] = ("torch", "tensorflow", "mxnet", "jax")
 # The import name of each framework and how to get it (pip extra of this project).
-_FRAMEWORK_MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
+_FRAMEWORK_MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet",
+                     "jax": "jax"}
 _FRAMEWORK_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow",
-                      "mx": "mxnet", "gluon": "mxnet"}
+                      "mx": "mxnet", "gluon": "mxnet", "flax": "jax"}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("D2LPORT_PROGRESS", "0")
 
-FRAMEWORK_MARKERS = ("torch", "tensorflow", "mxnet")
+FRAMEWORK_MARKERS = ("torch", "tensorflow", "mxnet", "jax")
 
 
 def pytest_addoption(parser):
