@@ -1,23 +1,56 @@
 # d2lport: `make demo` and `make test` work from a fresh clone; they set up everything first.
 SHELL := /bin/bash
 PYTHON ?= python3
+# Two environments (see README, "Two environments"): .venv, the main one (numpy 2: PyTorch,
+# TensorFlow/Keras, JAX/Flax, Jupyter, the tests), and .venv-mxnet (MXNet 1.9.1 needs
+# numpy < 1.24).  MXNet's tests, workers, notebooks and recorded runs use .venv-mxnet
+# without being told (d2lport.worker.python_for; the Jupyter kernel "d2lport-mxnet").
 VENV ?= .venv
+MXVENV ?= .venv-mxnet
 PY := $(VENV)/bin/python
+MXPY := $(MXVENV)/bin/python
 STAMP := $(VENV)/.d2lport-installed
+MXSTAMP := $(MXVENV)/.d2lport-installed
+# MXNet's Jupyter kernel, registered in the main venv (its jupyter, nbconvert and nbval find it)
+MXKERNEL := d2lport-mxnet
+KERNELSPEC := $(VENV)/share/jupyter/kernels/$(MXKERNEL)/kernel.json
+PIP := -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+MXPYTEST := $(MXPY) -m pytest -q -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export MXNET_KERNEL := $(MXKERNEL)
+# d2lport finds .venv-mxnet beside the checkout by itself; another folder must be named.
+ifneq ($(MXVENV),.venv-mxnet)
+export D2LPORT_PYTHON_MXNET ?= $(abspath $(MXPY))
+endif
 
-.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-compare test-notebooks notebooks kill-loop bench results results-status clean
+.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-jax test-compare test-notebooks notebooks notebooks-check kill-loop bench results results-status clean
 
-# The venv is rebuilt only when the pins or the project metadata change; Debian's graphviz
-# (for the chapters' pictures) is installed when missing, as root.
-setup: $(STAMP)
+# Each venv is rebuilt only when its pins or the project metadata change (stamps: a rerun
+# is instant); Debian's graphviz (for the chapters' pictures) is installed when missing, as root.
+setup: $(STAMP) $(MXSTAMP) $(KERNELSPEC)
 	@bash scripts/system_deps.sh || echo "(continuing: only the notebooks need it)"
-$(STAMP): requirements/all.txt requirements/lock.txt pyproject.toml
+
+$(STAMP): requirements/all.txt requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements/all.txt -c requirements/lock.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	@touch $(STAMP)
+	$(PY) $(PIP) -r requirements/all.txt -c requirements/lock.txt
+	$(PY) $(PIP) --no-deps -r requirements/no-deps.txt
+	$(PY) $(PIP) --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(MXSTAMP): requirements/mxnet.txt requirements/mxnet-lock.txt requirements/no-deps.txt pyproject.toml
+	@test -x $(MXPY) || $(PYTHON) -m venv $(MXVENV)
+	$(MXPY) $(PIP) -r requirements/mxnet.txt -c requirements/mxnet-lock.txt
+	$(MXPY) $(PIP) --no-deps -r requirements/no-deps.txt
+	$(MXPY) $(PIP) --no-deps --no-build-isolation -e .
+	@touch $@
+
+# (ipykernel warns that the main venv's folder is not on ITS path: it is on the main jupyter's)
+$(KERNELSPEC): $(MXSTAMP) | $(STAMP)
+	@out=$$($(MXPY) -m ipykernel install --prefix "$(abspath $(VENV))" --name $(MXKERNEL) \
+	    --display-name "Python 3 (d2lport: MXNet, $(MXVENV))" 2>&1) || { echo "$$out" >&2; exit 1; }
+	@echo "Jupyter kernel $(MXKERNEL) ($(MXPY)) registered in $(VENV)"
+	@touch $@
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist (as root), else a verified download.
 data: setup
@@ -27,26 +60,40 @@ demo: setup data
 	$(PY) -m d2lport.cli shapes googlenet --input 1x1x96x96
 	D2LPORT_PROGRESS=0 $(PY) -m d2lport.cli train inception_a_net --epochs 3 --limit 20000 --lr 0.02 --momentum 0.9
 
-# One pytest process per framework: MXNet must never share a process with TensorFlow.
+# One pytest process per framework: MXNet must never share a process with TensorFlow.  The
+# framework-free (core) tests run in both environments: with numpy 2 and with numpy 1.23.
 test: setup data
 	$(MAKE) --no-print-directory test-torch
 	$(MAKE) --no-print-directory test-tf
 	$(MAKE) --no-print-directory test-mxnet
+	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-compare
 	$(MAKE) --no-print-directory test-notebooks
 
 test-torch: setup data
-	$(PYTEST) -m "(core or torch) and not parity and not killloop" --forbid-imports tensorflow,mxnet
+	$(PYTEST) -m "(core or torch) and not parity and not killloop" --forbid-imports tensorflow,mxnet,jax
 
-# The frameworks side by side; this process imports none (each runs in its own worker).
+# The frameworks side by side; this process imports none (each runs in its own worker, MXNet's
+# in .venv-mxnet).
 test-compare: setup data
-	$(PYTEST) -m parity tests/test_compare.py tests/test_bench.py --forbid-imports torch,tensorflow,mxnet
+	$(PYTEST) -m parity tests/test_compare.py tests/test_bench.py --forbid-imports torch,tensorflow,mxnet,jax
 
+# (not jax: TensorFlow 2.21 imports jax itself when it is installed, tensorflow/lite/python/util.py)
 test-tf: setup data
 	$(PYTEST) -m "tensorflow and not killloop" --forbid-imports torch,mxnet
 
+# In MXNet's own environment, with the core tests again (numpy 1.23); its parity tests take
+# their PyTorch references from the main environment (a child process).
 test-mxnet: setup data
-	$(PYTEST) -m "mxnet and not killloop" --forbid-imports torch,tensorflow
+	$(MXPYTEST) -m "((core and not parity) or mxnet) and not killloop" --forbid-imports torch,tensorflow,jax
+
+test-jax: setup data
+	$(PYTEST) -m "jax and not killloop" --forbid-imports torch,tensorflow,mxnet
+
+# The framework-free tests alone, in both environments (seconds to a minute each).
+test-core: setup data
+	$(PYTEST) -m "core and not parity and not killloop" --forbid-imports torch,tensorflow,mxnet,jax
+	$(MXPYTEST) -m "core and not parity and not killloop" --forbid-imports torch,tensorflow,mxnet,jax
 
 # Chapters -> per-framework notebooks (jupytext), executed; nbval re-runs them in smoke mode.
 notebooks: setup data
@@ -61,9 +108,9 @@ notebooks-check: setup
 # Training killed with SIGKILL at 20+ points per backend (steps and the phases of a
 # checkpoint write), each resumed to the end: minutes, so outside make test.
 kill-loop: setup data
-	$(PYTEST) -m "torch and killloop" --forbid-imports tensorflow,mxnet
+	$(PYTEST) -m "torch and killloop" --forbid-imports tensorflow,mxnet,jax
 	$(PYTEST) -m "tensorflow and killloop" --forbid-imports torch,mxnet
-	$(PYTEST) -m "mxnet and killloop" --forbid-imports torch,tensorflow
+	$(MXPYTEST) -m "mxnet and killloop" --forbid-imports torch,tensorflow,jax
 
 bench: setup data
 	$(PY) -m d2lport.cli bench googlenet vgg_d2l --batch-size 128 --steps 3 --rounds 3 --repeats 1 \
@@ -79,4 +126,4 @@ results-status: setup
 	$(PY) -m d2lport.cli results status
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(MXVENV) .pytest_cache build *.egg-info

@@ -1,5 +1,5 @@
 """The backend contract: what a framework package (``d2lport.torch``, ``d2lport.tensorflow``,
-``d2lport.mxnet``, and the next one) provides, written down once.
+``d2lport.mxnet``, ``d2lport.jax``, and the next one) provides, written down once.
 
 Adding a framework means writing ``d2lport/<framework>/`` with these names and passing the one
 conformance suite (``tests/test_conformance.py``), which runs every check below for every
@@ -8,6 +8,16 @@ backend in that backend's own pytest process.  :class:`Backend` is the same list
 
 Conventions every backend keeps:
 
+* **What a net is**: the object ``create_model`` returns and every function below takes.
+  In the stateful frameworks (PyTorch, Keras, Gluon) it is the hand-written network object
+  itself, which holds its weights.  In JAX (Flax linen) the hand-written network is a
+  module that holds none, so the net is a small mutable pair, ``d2lport.jax.Model``
+  (``.module``: the linen network; ``.variables``: its ``params`` and BatchNorm
+  ``batch_stats``), with the same ``.spec``, ``.block_names``, ``.forward_blocks``,
+  ``.block`` and ``net(x, training=...)``; ``set_weights`` and ``train`` replace its
+  variables in place and return what they return elsewhere.  The optional
+  :data:`OPTIONAL` ``network(net)`` gives the hand-written network object of a net (the
+  linen module in JAX); for a backend without it, the network is the net.
 * **Networks are hand-written** in ``googlenet.py`` (``Inception``, ``GoogLeNet``,
   ``GoogLeNetV1``), ``vgg.py`` (``vgg_block``, ``VGG``) and ``lecture.py`` (``InceptionA``,
   ``ResidualBlock``, ``InceptionANet``, ``ResidualNet``), with their numbers imported from
@@ -31,14 +41,16 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Seque
 # name -> what it is and how it is called.  The conformance suite checks that each exists.
 REQUIRED: Dict[str, str] = {
     # identity and models
-    "FRAMEWORK": "str: the registry's framework name ('torch', 'tensorflow', 'mxnet')",
+    "FRAMEWORK": "str: the registry's framework name ('torch', 'tensorflow', 'mxnet', 'jax')",
     "MODELS": "dict: every registered model name -> its constructor, called with the keyword "
-              "arguments of the spec factory (registry aliases add their fixed keywords)",
+              "arguments of the spec factory (registry aliases add their fixed keywords); "
+              "it returns the hand-written network (JAX: the linen module, unpaired)",
     "create_model": "create_model(name, seed=None, **kwargs) -> net: a registered name or "
                     "alias; seed fixes the initialisation",
     "list_models": "list_models(kind=None) -> [str]: the registry's names",
     "Net": "the base class of every network: .spec, .block_names, .forward_blocks(x, "
-           "include_aux=True), .block(name)",
+           "include_aux=True), .block(name) (JAX: of the linen modules, bound to their "
+           "variables; the net, a Model, has the same members)",
     # the hand-written networks
     "Inception": "Inception(in_channels, c1, c2, c3, c4): GoogLeNet's block, four branches "
                  "concatenated (keys branch1.conv, branch2.conv1, ...)",
@@ -82,6 +94,12 @@ REQUIRED: Dict[str, str] = {
     "StepKit": "StepKit(net, lr, device=None, fast=False): inputs(x, y), train_step(X, Y) -> "
                "loss, infer(X), describe()",
     "cpu_scope": "cpu_scope() -> a context in which comparisons run on the CPU in float32",
+}
+
+# Names a backend may provide; the conformance suite uses them where they exist.
+OPTIONAL: Dict[str, str] = {
+    "network": "network(net) -> the hand-written network object of a net: the linen module "
+               "of a JAX Model; for stateful frameworks the net itself (the default)",
 }
 
 # The hand-written modules each backend has, one network family each.

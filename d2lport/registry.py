@@ -182,8 +182,21 @@ def require_framework(framework: str) -> str:
     if not framework_available(fw):
         raise FrameworkNotInstalledError(
             f"{fw} is not installed in this Python ({_python()}): install it with "
-            f"`pip install 'd2lport[{fw}]'` (or `make setup` for all three frameworks).")
+            f"`pip install 'd2lport[{fw}]'` (or `make setup` for every framework)."
+            + _separate_env_hint(fw))
     return fw
+
+
+def _separate_env_hint(fw: str) -> str:
+    """For a framework with an environment of its own (MXNet: .venv-mxnet), where it is."""
+    from .worker import SEPARATE_ENVS, separate_env_python
+    if fw not in SEPARATE_ENVS:
+        return ""
+    python = separate_env_python(fw)
+    if python and python != _python():
+        return f" It is in {python}: run d2lport there (`d2lport compare` reaches it from here)."
+    return (f" `make setup` builds it apart, in {SEPARATE_ENVS[fw]} ({fw} needs numpy < 1.24, "
+            "the other frameworks numpy 2).")
 
 
 def _python() -> str:

@@ -5,6 +5,10 @@ first, and a test of one framework must not import another.  The parent writes a
 (JSON + an .npz of arrays) to a temporary directory, runs ``python -m d2lport.worker DIR``,
 and reads the reply back.  ``D2LPORT_PYTHON_<FRAMEWORK>`` (e.g. ``D2LPORT_PYTHON_MXNET``)
 names another interpreter for users who keep a framework in a separate environment.
+
+MXNet has such an environment of its own: MXNet 1.9.1 needs numpy < 1.24, the main
+environment (TensorFlow 2.21, JAX) numpy 2, so ``make setup`` builds ``.venv-mxnet`` beside
+``.venv``, and MXNet's workers use its Python by default (:func:`python_for`).
 """
 from __future__ import annotations
 
@@ -41,8 +45,47 @@ def task(fn):
     return fn
 
 
+# Frameworks that live in an environment of their own, beside the main one: the venv's
+# folder name (``make setup`` builds it next to ``.venv``, the main environment's).
+SEPARATE_ENVS = {"mxnet": ".venv-mxnet"}
+MAIN_ENV = ".venv"
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _env_python(name: str) -> Optional[str]:
+    """The Python of the venv ``name`` beside this checkout (an editable install:
+    ``<checkout>/<name>``) or beside the running venv (``<dir>/.venv`` ->
+    ``<dir>/.venv-mxnet`` and back); this very interpreter when it runs there; else None."""
+    root = Path(__file__).resolve().parent.parent
+    for venv in (root / name, Path(sys.prefix).parent / name):
+        if venv.resolve() == Path(sys.prefix).resolve():
+            return sys.executable                 # running in that environment already
+        if _venv_python(venv).exists():
+            return str(_venv_python(venv))
+    return None
+
+
+def separate_env_python(framework: str) -> Optional[str]:
+    """The Python of ``framework``'s own environment (``.venv-mxnet`` for MXNet) when it
+    exists (see :func:`_env_python`); None for the frameworks of the main environment."""
+    name = SEPARATE_ENVS.get(framework.lower())
+    return _env_python(name) if name else None
+
+
 def python_for(framework: str) -> str:
-    return os.environ.get(f"D2LPORT_PYTHON_{framework.upper()}", sys.executable)
+    """The interpreter that runs ``framework``'s workers: ``D2LPORT_PYTHON_<FRAMEWORK>``
+    when set; else the framework's own environment when it has one (MXNet: ``.venv-mxnet``);
+    else, from such a separate environment, the main one (``.venv``: torch for MXNet's parity
+    tests); else this Python."""
+    fw = framework.lower()
+    python = os.environ.get(f"D2LPORT_PYTHON_{fw.upper()}") or separate_env_python(fw)
+    if python:
+        return python
+    in_separate_env = Path(sys.prefix).name in SEPARATE_ENVS.values()
+    return (in_separate_env and _env_python(MAIN_ENV)) or sys.executable
 
 
 def run(framework: str, name: str, arrays: Dict[str, np.ndarray] = None, timeout: float = 1800,
@@ -127,6 +170,8 @@ def probe(framework: str) -> Optional[str]:
     python = python_for(framework)
     fix = (f"install it (pip install 'd2lport[{framework}]') or point "
            f"D2LPORT_PYTHON_{framework.upper()} at a Python that has it")
+    if framework.lower() in SEPARATE_ENVS:
+        fix += f" (`make setup` builds {SEPARATE_ENVS[framework.lower()]} for it)"
     try:
         proc = subprocess.run([python, "-c", _PROBE, framework], capture_output=True,
                               text=True, timeout=120)

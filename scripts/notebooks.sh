@@ -14,6 +14,9 @@
 #   FRAMEWORKS="torch tensorflow mxnet"   which notebooks (default: all three)
 #   CHAPTERS="1_vgg 3_advanced_cnn"       which chapters (default: all of chapters/[0-9]*.md)
 #   NB_TIMEOUT=seconds   per-cell limit when executing (default: none for build, 900 for test)
+#   MXNET_KERNEL=name    the Jupyter kernel of MXNet's own environment (default d2lport-mxnet,
+#                        which `make setup` registers in .venv from .venv-mxnet): the MXNet
+#                        notebooks carry it and run in it; the others run in PY's own kernel.
 #
 # The filter (python -m d2lport.notebook md CHAPTER FRAMEWORK) keeps the code blocks of one
 # framework (`#@tab` convention, see chapters/README.md); jupytext turns that Markdown into
@@ -46,6 +49,18 @@ EOF
 
 seconds() { date +%s; }
 
+MXNET_KERNEL=${MXNET_KERNEL:-d2lport-mxnet}
+# The kernel a framework's notebooks name and run in: MXNet's lives in .venv-mxnet (numpy <
+# 1.24), every other framework's in PY's environment ("python3" there).
+kernel_for() { if [[ $1 == mxnet ]]; then echo "$MXNET_KERNEL"; else echo python3; fi; }
+need_kernel() {
+  [[ $(kernel_for "$1") == python3 ]] && return 0
+  "$PY" -m jupyter kernelspec list 2>/dev/null | awk '{print $1}' | grep -qx "$(kernel_for "$1")" \
+    || { echo "notebooks.sh: the Jupyter kernel '$(kernel_for "$1")' for the $1 notebooks is not" \
+              "installed for $PY: run \`make setup\` (it builds .venv-mxnet and registers it)" >&2
+         exit 2; }
+}
+
 case $cmd in
   build)
     need jupytext nbconvert nbclient ipykernel graphviz matplotlib
@@ -53,17 +68,19 @@ case $cmd in
     "$PY" -m d2lport.notebook sync
     start=$(seconds)
     for fw in $FRAMEWORKS; do
+      need_kernel "$fw"
+      kernel=$(kernel_for "$fw")
       mkdir -p "notebooks/$fw"
       for ch in $CHAPTERS; do
         out="notebooks/$fw/$ch.ipynb"
         t0=$(seconds)
         "$PY" -m d2lport.notebook md "chapters/$ch.md" "$fw" \
-          | "$PY" -m jupytext --quiet --from md --to ipynb --set-kernel python3 --update \
+          | "$PY" -m jupytext --quiet --from md --to ipynb --set-kernel "$kernel" --update \
               --output "$out" -
         # nbconvert runs the kernel in the notebook's folder; no timing metadata, and the
         # previous run's cell metadata other than tags (what --update kept) is cleared.
         "$PY" -m jupyter nbconvert --log-level=WARN --to notebook --execute --inplace \
-          --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False \
+          --ExecutePreprocessor.kernel_name="$kernel" --ExecutePreprocessor.record_timing=False \
           --ExecutePreprocessor.timeout="${NB_TIMEOUT:--1}" \
           --ClearMetadataPreprocessor.enabled=True \
           --ClearMetadataPreprocessor.clear_notebook_metadata=False \
@@ -83,12 +100,15 @@ case $cmd in
     "$PY" -m d2lport.notebook check --frameworks "${FRAMEWORKS// /,}"
     status=0
     for fw in $FRAMEWORKS; do
+      need_kernel "$fw"
       files=()
       for ch in $CHAPTERS; do files+=("notebooks/$fw/$ch.ipynb"); done
       t0=$(seconds)
       # One pytest (and one kernel per notebook) per framework: TensorFlow and MXNet
-      # never meet in one process.
-      D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+      # never meet in one process.  MXNet's kernel is .venv-mxnet's Python.
+      if [[ $(kernel_for "$fw") == python3 ]]; then kernel_opt=--nbval-current-env
+      else kernel_opt=--nbval-kernel-name=$(kernel_for "$fw"); fi
+      D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --nbval "$kernel_opt" \
         --nbval-cell-timeout="${NB_TIMEOUT:-900}" "${files[@]}" || status=1
       echo "notebooks/$fw: $(( $(seconds) - t0 )) s"
     done

@@ -34,6 +34,7 @@ from d2lport.data import fashion_mnist as fm
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = registry.FRAMEWORKS
 ALL = FRAMEWORKS
+NHWC = ("tensorflow", "jax")    # frameworks whose networks take channels-last batches
 CASES = []        # (name, scope, function): scope "core" or a tuple of frameworks
 
 
@@ -81,6 +82,9 @@ class Env:
         if self.fw == "tensorflow":
             import tensorflow as tf
             return tf.constant(x)
+        if self.fw == "jax":
+            import jax.numpy as jnp
+            return jnp.asarray(x)
         import mxnet as mx
         return mx.nd.array(x)
 
@@ -298,8 +302,8 @@ def case_unknown_model_in_backend(env):
 
 @case()
 def case_unknown_framework(env):
-    return (lambda: registry.create_model("googlenet", framework="jax"), ValueError,
-            r"unknown framework 'jax'; choose one of torch, tensorflow, mxnet")
+    return (lambda: registry.create_model("googlenet", framework="caffe"), ValueError,
+            r"unknown framework 'caffe'; choose one of torch, tensorflow, mxnet, jax")
 
 
 @case()
@@ -418,7 +422,7 @@ def case_image_too_small_for_fixed_size_net(env):
 @case(ALL)
 def case_image_too_small(env):
     net = env.d2p.create_model("residual_net", seed=0)
-    shape = (2, 8, 8, 1) if env.fw == "tensorflow" else (2, 1, 8, 8)
+    shape = (2, 8, 8, 1) if env.fw in NHWC else (2, 1, 8, 8)
     return (env.forward(net, shape), specs.InputShapeError,
             r"residual_net is built for 28x28 input .*got 8x8: the network needs at least "
             r"16x16, so resize the images to 28x28")
@@ -428,7 +432,7 @@ def case_image_too_small(env):
 def case_network_built_too_small(env):
     def call():      # torch and Keras refuse at build, MXNet at the first batch
         net = env.d2p.create_model("inception_a_net", image_size=8)
-        net(env.batch((1, 8, 8, 1) if env.fw == "tensorflow" else (1, 1, 8, 8)))
+        net(env.batch((1, 8, 8, 1) if env.fw in NHWC else (1, 1, 8, 8)))
     return (call, specs.InputShapeError,
             r"inception_a_net needs input of at least 16x16 pixels, got 8x8 .*build it with "
             r"image_size=16 or more")
@@ -437,7 +441,7 @@ def case_network_built_too_small(env):
 @case(ALL)
 def case_wrong_channel_count(env):
     net = env.d2p.create_model("googlenet", seed=0, image_size=32)
-    shape = (2, 32, 32, 3) if env.fw == "tensorflow" else (2, 3, 32, 32)
+    shape = (2, 32, 32, 3) if env.fw in NHWC else (2, 3, 32, 32)
     return (env.forward(net, shape), specs.InputShapeError,
             r"googlenet takes 1-channel input, got 3 channels: pass in_channels=3 to "
             r"create_model")
@@ -450,6 +454,10 @@ def case_wrong_layout(env):
         return (env.forward(net, (2, 1, 28, 28)), specs.InputShapeError,
                 r"residual_net takes NHWC input \(Keras' layout\), got \(2, 1, 28, 28\), "
                 r"which looks like NCHW: pass tf\.transpose\(x, \(0, 2, 3, 1\)\)")
+    if env.fw == "jax":            # NCHW given to Flax
+        return (env.forward(net, (2, 1, 28, 28)), specs.InputShapeError,
+                r"residual_net takes NHWC input \(Flax's layout\), got \(2, 1, 28, 28\), "
+                r"which looks like NCHW: pass x\.transpose\(0, 2, 3, 1\)")
     return (env.forward(net, (2, 28, 28, 1)), specs.InputShapeError,       # NHWC to NCHW
             r"residual_net takes NCHW input \(N, 1, H, W\), got \(2, 28, 28, 1\), which looks "
             r"like NHWC \(channels last\): transpose it to NCHW")
@@ -701,7 +709,7 @@ def test_fix_image_size_works(fw, tmp_path, monkeypatch):
     """'pass image_size=48 to create_model': doing it makes the 48-px batch go through."""
     env = Env(tmp_path, fw, monkeypatch)
     net = env.d2p.create_model("residual_net", seed=0)
-    shape = lambda s: (2, s, s, 1) if fw == "tensorflow" else (2, 1, s, s)   # noqa: E731
+    shape = lambda s: (2, s, s, 1) if fw in NHWC else (2, 1, s, s)   # noqa: E731
     msg = _message(env.forward(net, shape(48)), specs.InputShapeError)
     side = _num(r"pass image_size=(\d+) to create_model", msg)
     fixed = env.d2p.create_model("residual_net", seed=0, image_size=side)
@@ -716,7 +724,7 @@ def test_fix_for_too_small_images_works(fw, tmp_path, monkeypatch):
     env = Env(tmp_path, fw, monkeypatch)
     kw = dict(width_ratio=16, image_size=32)
     net = env.d2p.create_model("vgg11", seed=0, **kw)
-    shape = lambda s: (1, s, s, 3) if fw == "tensorflow" else (1, 3, s, s)   # noqa: E731
+    shape = lambda s: (1, s, s, 3) if fw in NHWC else (1, 3, s, s)   # noqa: E731
     msg = _message(env.forward(net, shape(16)), specs.InputShapeError)
     assert "image_size=16" not in msg
     side = _num(r"resize the images to (\d+)x\d+", msg)
@@ -747,7 +755,7 @@ def test_fix_resize_with_the_loader_works(fw, tmp_path, monkeypatch):
 def test_fix_in_channels_works(fw, tmp_path, monkeypatch):
     env = Env(tmp_path, fw, monkeypatch)
     net = env.d2p.create_model("googlenet", seed=0, image_size=32)
-    shape = (2, 32, 32, 3) if fw == "tensorflow" else (2, 3, 32, 32)
+    shape = (2, 32, 32, 3) if fw in NHWC else (2, 3, 32, 32)
     msg = _message(env.forward(net, shape), specs.InputShapeError)
     c = _num(r"pass in_channels=(\d+) to create_model", msg)
     fixed = env.d2p.create_model("googlenet", seed=0, image_size=32, in_channels=c)
@@ -764,6 +772,11 @@ def test_fix_layout_transpose_works(fw, tmp_path, monkeypatch):
         msg = _message(lambda: net(x), specs.InputShapeError)
         assert "tf.transpose(x, (0, 2, 3, 1))" in msg
         fixed = tf.transpose(x, (0, 2, 3, 1))
+    elif fw == "jax":
+        x = env.batch((2, 1, 28, 28))
+        msg = _message(lambda: net(x), specs.InputShapeError)
+        assert "x.transpose(0, 2, 3, 1)" in msg
+        fixed = x.transpose((0, 2, 3, 1))
     else:
         x = env.batch((2, 28, 28, 1))
         msg = _message(lambda: net(x), specs.InputShapeError)
@@ -918,6 +931,8 @@ def test_cli_turns_divergence_and_ctrl_c_into_exit_statuses(monkeypatch, capsys)
             load_data_fashion_mnist=lambda *a, **k: (types.SimpleNamespace(num_examples=1),) * 2,
             train=train)
         monkeypatch.setattr(registry, "backend", lambda fw: ns)
+        # torch counts as installed: .venv-mxnet runs the core tests too, without torch
+        monkeypatch.setattr(registry, "framework_available", lambda fw: True)
 
     fake_backend(checkpoint.DivergenceError(7, 1, 0.5, float("nan"), None))
     assert cli.main(["train", "residual_net"]) == checkpoint.EXIT_DIVERGED == 3

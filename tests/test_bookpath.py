@@ -22,7 +22,11 @@ def _params():
             for fw in FRAMEWORKS for path in ("book", "fast") for model in BOOK_MODELS]
 
 
-def _count_params(fw, net):
+def _count_params(fw, runner):
+    net = runner.net
+    if fw == "jax":      # linen: the parameters live in the runner's TrainState
+        import jax
+        return sum(p.size for p in jax.tree_util.tree_leaves(runner.state.params))
     if fw == "torch":
         return sum(p.numel() for p in net.parameters())
     if fw == "tensorflow":
@@ -47,7 +51,7 @@ def test_book_model_trains_on_both_paths(fw, path, model, array_mode_restored):
     assert bookpath.BOOK_MODELS == BOOK_MODELS
     spec = registry.get_spec(model)
     runner = bookpath.Runner(path, model, lr=0.01)   # MXNet: numpy mode before the loader
-    assert _count_params(fw, runner.net) == specs.count_params(spec)
+    assert _count_params(fw, runner) == specs.count_params(spec)
     assert runner.describe().startswith(f"{path}:")
     train_iter, _ = d2p.load_data_fashion_mnist(4, resize=spec.input_shape[1], limit=4)
     X, y = next(iter(train_iter))

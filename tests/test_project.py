@@ -28,9 +28,9 @@ def test_environment_yml_parses_and_agrees_with_the_pins():
     pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
     required = _pins((ROOT / "requirements/all.txt").read_text().splitlines())
     assert _pins(pip) == required
-    # the measured set of the developers' guide
-    for name, version in {"numpy": "1.23.5", "torch": "2.13.0", "tensorflow-cpu": "2.17.1",
-                          "mxnet": "1.9.1", "d2l": "1.0.3"}.items():
+    # the measured set of the developers' guide (MXNet's environment: test_environments.py)
+    for name, version in {"numpy": "2.4.6", "torch": "2.13.0", "tensorflow-cpu": "2.21.0",
+                          "keras": "3.15.1", "jax": "0.10.2", "flax": "0.12.8"}.items():
         assert required[name] == version
 
 
@@ -60,4 +60,4 @@ def test_ci_runs_the_readme_test_command():
     for target in ("setup", "data", "demo", "test", "test-torch", "test-tf", "test-mxnet",
                    "notebooks", "bench"):
         assert re.search(rf"^{re.escape(target)}:", make, re.M), target
-    assert '-m "tensorflow and not killloop"' in make and '-m "mxnet and not killloop"' in make
+    assert '-m "tensorflow and not killloop"' in make and 'or mxnet) and not killloop"' in make

@@ -17,7 +17,10 @@ kills the process or fails deep inside MXNet:
   raises :class:`MXNetImportOrderError` instead.
 * MXNet 1.9.1, its last release, reads ``numpy.bool`` at import (``mxnet/numpy/utils.py``:
   ``bool = onp.bool``), an alias numpy 1.24 removed.  d2lport pins ``numpy<1.24`` rather
-  than patching numpy; a newer numpy raises an ImportError that says so.
+  than patching numpy; a newer numpy raises an ImportError that says so.  The main
+  environment (numpy 2: TensorFlow >= 2.18, JAX) therefore has no MXNet: ``make setup``
+  builds ``.venv-mxnet`` for it, and importing this package where MXNet is absent says, in
+  one line, where it lives and how to use it.
 
 One setting is made here too, for speed: MXNet starts half as many OpenMP threads as the
 machine has cores unless ``OMP_NUM_THREADS`` says otherwise (it assumes two hyperthreads per
@@ -36,6 +39,11 @@ class MXNetImportOrderError(ImportError):
     """TensorFlow is loaded in this process and MXNet is not: importing MXNet would crash."""
 
 
+class MXNetEnvironmentError(ImportError):
+    """MXNet cannot run in this Python (not installed, or numpy >= 1.24); the message names
+    the environment that has it (``.venv-mxnet``)."""
+
+
 def _check_environment() -> None:
     if "tensorflow" in _sys.modules and "mxnet" not in _sys.modules:
         raise MXNetImportOrderError(
@@ -43,13 +51,32 @@ def _check_environment() -> None:
             "MXNet 1.9.1 after TensorFlow crashes the interpreter (segmentation fault). "
             "Fix: import d2lport.mxnet (or mxnet) before tensorflow, or run the frameworks in "
             "separate processes (d2lport.compare / d2lport.worker do that for you).")
+    import importlib.util
     import numpy
     major, minor = (int(v) for v in numpy.__version__.split(".")[:2])
+    if importlib.util.find_spec("mxnet") is None:
+        raise MXNetEnvironmentError(
+            f"d2lport.mxnet: MXNet is not installed in this Python ({_sys.executable}, numpy "
+            f"{numpy.__version__}); it lives in an environment of its own: {_where_mxnet_lives()}")
     if (major, minor) >= (1, 24):
-        raise ImportError(
+        raise MXNetEnvironmentError(
             f"d2lport.mxnet: MXNet 1.9.1 needs numpy < 1.24 (it uses numpy.bool, removed in "
-            f"1.24), found numpy {numpy.__version__}. Fix: pip install 'numpy<1.24' "
-            "(or `pip install 'd2lport[mxnet]'`, which pins it).")
+            f"1.24), found numpy {numpy.__version__} in {_sys.executable}. Fix: "
+            f"{_where_mxnet_lives()}; or, in an environment without TensorFlow >= 2.18 or "
+            "JAX, pip install 'numpy<1.24' (`pip install 'd2lport[mxnet]'` pins it).")
+
+
+def _where_mxnet_lives() -> str:
+    """How to reach MXNet from here, as the end of a one-line error message."""
+    from ..worker import SEPARATE_ENVS, separate_env_python
+    python = separate_env_python("mxnet")
+    if python and python != _sys.executable:
+        return (f"run it with {python} (e.g. `{python} -m d2lport.cli train residual_net -f "
+                "mxnet`, `make test-mxnet`; in Jupyter the kernel \"d2lport-mxnet\"); "
+                "`d2lport compare` and `d2lport bench` reach it from here")
+    return (f"`make setup` in the d2lport checkout builds {SEPARATE_ENVS['mxnet']} (MXNet "
+            f"1.9.1, numpy 1.23.5), then use {SEPARATE_ENVS['mxnet']}/bin/python or the "
+            "Jupyter kernel \"d2lport-mxnet\"")
 
 
 def _set_threads() -> None:

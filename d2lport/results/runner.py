@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from .. import registry
+from .. import registry, worker
 from . import record as _record
 from .recipes import Recipe, recipes
 
@@ -90,9 +90,11 @@ def _git_commit(path: Path, message: str, readme=None) -> None:
 
 
 def run(names=None, frameworks=None, commit: bool = False, rerun_code_changes: bool = True,
-        dry_run: bool = False, python: str = sys.executable, readme=None) -> int:
+        dry_run: bool = False, python: Optional[str] = None, readme=None) -> int:
     """Train every run that is not current, one process each, in recipe order.  A run cut
-    short (Ctrl-C, a kill, a reboot) resumes from its checkpoint the next time."""
+    short (Ctrl-C, a kill, a reboot) resumes from its checkpoint the next time.  ``python``:
+    the interpreter of every run; default each framework's (``worker.python_for``: MXNet's
+    own environment, ``.venv-mxnet``, when there is one)."""
     todo = [(r, fw, st) for r, fw, st, _ in plan(names, frameworks)
             if st != "current" and (rerun_code_changes or st != "code changed")]
     print(status(names, frameworks), flush=True)
@@ -105,7 +107,12 @@ def run(names=None, frameworks=None, commit: bool = False, rerun_code_changes: b
         return 0
     for recipe, fw, st in todo:
         run_name = recipe.run_name(fw)
-        if not registry.framework_available(fw):
+        fw_python = python or worker.python_for(fw)
+        if fw_python == sys.executable:
+            missing = not registry.framework_available(fw)
+        else:       # another interpreter (MXNet's own environment): asked by a probe
+            missing = python is None and worker.probe(fw) is not None
+        if missing:
             print(f"skipping {run_name}: {fw} is not installed here", flush=True)
             continue
         path = _record.path_for(run_name)
@@ -116,7 +123,7 @@ def run(names=None, frameworks=None, commit: bool = False, rerun_code_changes: b
             shutil.rmtree(ckpt)
         ckpt.mkdir(parents=True, exist_ok=True)
         stamp.write_text(recipe.digest())
-        cmd = [python, "-m", "d2lport.cli", "train", "--recipe", recipe.name, "-f", fw,
+        cmd = [fw_python, "-m", "d2lport.cli", "train", "--recipe", recipe.name, "-f", fw,
                "--record", str(path), "--checkpoint-dir", str(ckpt), "--resume",
                "--checkpoint-every", "5m"]
         print(f"\n== {run_name} ({st}) ==\n$ d2lport train --recipe {recipe.name} -f {fw} "
