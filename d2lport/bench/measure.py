@@ -136,6 +136,11 @@ def _matmul(framework: str, n: int) -> Callable[[], None]:
         # FullyConnected (x times w transposed) is what Gluon's Dense runs: oneDNN's inner
         # product.  mx.nd.dot goes to the wheel's OpenBLAS, 7x slower here (18 vs 137 GFLOP/s).
         return lambda: mx.nd.FullyConnected(x, x, no_bias=True, num_hidden=n).wait_to_read()
+    if framework == "jax":
+        import jax
+        x = jax.device_put(a, jax.devices("cpu")[0])
+        mm = jax.jit(lambda x: x @ x)         # compiled once, by the warm-up call
+        return lambda: mm(x).block_until_ready()
     raise ValueError(f"no matrix multiply for framework {framework!r}")
 
 
