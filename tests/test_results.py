@@ -71,8 +71,8 @@ def test_the_vgg_chapter_says_what_the_batchnorm_records_say():
     text = " ".join(text.split())
     first = [diff(fw, 0) for fw in fws]
     assert f"({signed(min(first))} to {signed(max(first))})" in text
-    final = ", ".join(f"{signed(diff(fw, -1))} {label}"
-                      for fw, label in zip(fws, ("torch", "TensorFlow", "MXNet")))
+    prose = {"torch": "torch", "tensorflow": "TensorFlow", "mxnet": "MXNet"}   # as written
+    final = ", ".join(f"{signed(diff(fw, -1))} {prose[fw]}" for fw in fws)
     assert f"({final})" in text
 
 

@@ -202,9 +202,9 @@ def side_by_side(names: Sequence[str], directory=None, epoch: Optional[int] = No
         diff = (f"{accs[-1] - accs[0]:+.4f}" if accs[0] is not None and accs[-1] is not None
                 else "–")
         lines.append(f"| {fw} | " + " | ".join(cells) + f" | {diff} |")
-    when = "final test accuracy" if epoch is None else f"test accuracy after epoch {epoch}"
-    return Markdown("\n".join(lines) + f"\n\n{when[0].upper() + when[1:]} on the 10,000 test "
-                    f"images; the difference is `{names[-1]}` minus `{names[0]}`.")
+    when = "Final test accuracy" if epoch is None else f"Test accuracy after epoch {epoch}"
+    return Markdown("\n".join(lines) + f"\n\n{when} on the 10,000 test images; the "
+                    f"difference is `{names[-1]}` minus `{names[0]}`.")
 
 
 def overview(names: Optional[Sequence[str]] = None, directory=None) -> Markdown:
