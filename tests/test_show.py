@@ -114,6 +114,19 @@ def test_side_by_side_gives_the_difference_where_both_exist(tmp_path):
     assert "not recorded yet" in rows["tensorflow"] and rows["tensorflow"].rstrip(" |").endswith("–")
 
 
+
+def test_side_by_side_after_a_given_epoch(tmp_path):
+    make_record(tmp_path, "vgg_d2l", "torch", [0.80, 0.90])
+    make_record(tmp_path, "vgg_d2l_bn", "torch", [0.85, 0.89])
+    text = show.side_by_side(["vgg_d2l", "vgg_d2l_bn"], tmp_path, epoch=1)
+    rows = {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| ")}
+    assert rows["torch"].rstrip(" |").endswith("+0.0500")
+    assert "after epoch 1" in text
+    final = show.side_by_side(["vgg_d2l", "vgg_d2l_bn"], tmp_path)
+    assert "-0.0100" in final and "Final test accuracy" in final
+    late = show.side_by_side(["vgg_d2l", "vgg_d2l_bn"], tmp_path, epoch=3)
+    assert [l for l in late.splitlines() if l.startswith("| torch")][0].rstrip(" |").endswith("–")
+
 # --------------------------------------------------------------------------- figures
 def _accuracy_lines(fig):
     return [l for l in fig.axes[0].lines if len(l.get_xdata())]

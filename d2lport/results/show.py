@@ -180,22 +180,31 @@ def recipe_notes(name: str) -> Markdown:
         "seeded order.")
 
 
-def side_by_side(names: Sequence[str], directory=None) -> Markdown:
-    """Markdown: one row per framework, the final test accuracy of each recipe in
-    ``names`` (the same settings but for the network) and the difference of the last from
-    the first."""
+def side_by_side(names: Sequence[str], directory=None, epoch: Optional[int] = None) -> Markdown:
+    """Markdown: one row per framework, the test accuracy of each recipe in ``names`` (the
+    same settings but for the network) after ``epoch`` (default: the last) and the difference
+    of the last from the first."""
     recs = {name: _records(name, directory) for name in names}
+
+    def acc(rec):
+        h = rec["history"]
+        if epoch is None:
+            return h[-1]["test_acc"]
+        return h[epoch - 1]["test_acc"] if 1 <= epoch <= len(h) else None
+
     lines = ["| framework | " + " | ".join(f"`{n}`" for n in names) + " | difference |",
              "|---|" + "---|" * (len(names) + 1)]
     for fw in registry.FRAMEWORKS:
-        accs = [recs[n][fw]["history"][-1]["test_acc"] if fw in recs[n] else None
-                for n in names]
-        cells = [f"{a:.4f}" if a is not None else "not recorded yet" for a in accs]
+        accs = [acc(recs[n][fw]) if fw in recs[n] else None for n in names]
+        cells = [f"{a:.4f}" if a is not None else
+                 ("not recorded yet" if fw not in recs[n] else "–")
+                 for n, a in zip(names, accs)]
         diff = (f"{accs[-1] - accs[0]:+.4f}" if accs[0] is not None and accs[-1] is not None
                 else "–")
         lines.append(f"| {fw} | " + " | ".join(cells) + f" | {diff} |")
-    return Markdown("\n".join(lines) + f"\n\nFinal test accuracy on the 10,000 test images; "
-                    f"the difference is `{names[-1]}` minus `{names[0]}`.")
+    when = "Final test accuracy" if epoch is None else f"Test accuracy after epoch {epoch}"
+    return Markdown("\n".join(lines) + f"\n\n{when} on the 10,000 test images; the "
+                    f"difference is `{names[-1]}` minus `{names[0]}`.")
 
 
 def overview(names: Optional[Sequence[str]] = None, directory=None) -> Markdown:
