@@ -55,13 +55,14 @@ def test_the_made_up_records_are_found_where_the_recipes_name_them(tmp_path):
 
 # --------------------------------------------------------------------------- the table
 def test_table_with_all_records_has_a_row_per_framework_and_the_spread(tmp_path):
-    for fw, acc in zip(FWS, (0.80, 0.82, 0.86)):
+    assert len(FWS) == 4
+    for fw, acc in zip(FWS, (0.80, 0.82, 0.86, 0.85)):
         make_record(tmp_path, "residual_net", fw, [0.5, acc])
     text = show.table("residual_net", tmp_path)
     rows = [l for l in text.splitlines() if l.startswith("| ") and "framework" not in l]
     assert [r.split("|")[1].strip() for r in rows] == list(FWS)
-    assert "| 0.8000 |" in rows[0] and "| 0.8600 |" in rows[2]
-    assert "Spread of the final test accuracies: 0.0600 (3 frameworks" in text
+    assert "| 0.8000 |" in rows[0] and "| 0.8600 |" in rows[2] and "| 0.8500 |" in rows[3]
+    assert "Spread of the final test accuracies: 0.0600 (4 frameworks" in text
     assert "Not recorded yet" not in text
     assert nb.markdown_problems(text + "\n\n## Exercises\n") == []
 
@@ -72,32 +73,32 @@ def test_table_with_some_records_names_the_missing_frameworks(tmp_path):
     text = show.table("residual_net", tmp_path)
     assert "| torch |" in text and "| mxnet |" in text and "| tensorflow |" not in text
     assert "Spread of the final test accuracies: 0.0400 (2 frameworks" in text
-    assert "Not recorded yet for tensorflow: `make results`" in text
+    assert "Not recorded yet for tensorflow, jax: `make results`" in text
 
 
 def test_table_without_records_says_how_to_make_them(tmp_path):
     text = show.table("vgg_d2l", tmp_path)
     assert "no record yet" in text
-    assert "Not recorded yet for torch, tensorflow, mxnet" in text
+    assert "Not recorded yet for torch, tensorflow, mxnet, jax" in text
     assert "d2lport results run vgg_d2l" in text
 
 
 # --------------------------------------------------------------------------- overview
 def test_overview_with_all_some_and_no_records(tmp_path):
-    for fw, acc in zip(FWS, (0.88, 0.87, 0.89)):
+    for fw, acc in zip(FWS, (0.88, 0.87, 0.89, 0.875)):
         make_record(tmp_path, "residual_net", fw, [acc], seconds=120.0)
     make_record(tmp_path, "googlenet", "tensorflow", [0.83])
     text = show.overview(directory=tmp_path)
     lines = {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| ")}
     assert set(recipes("cpu")) <= set(lines)
-    # all three: accuracy, minutes and examples/s per cell, and the spread
-    assert lines["residual_net"].count("0.8") == 3 and "2 min" in lines["residual_net"]
+    # all four: accuracy, minutes and examples/s per cell, and the spread
+    assert lines["residual_net"].count("0.8") == 4 and "2 min" in lines["residual_net"]
     assert lines["residual_net"].rstrip(" |").endswith("0.0200")
-    # one of three: no spread, the others named as missing
-    assert lines["googlenet"].count("not recorded yet") == 2
+    # one of four: no spread, the others named as missing
+    assert lines["googlenet"].count("not recorded yet") == 3
     assert lines["googlenet"].rstrip(" |").endswith("–")
     # none
-    assert lines["vgg_d2l"].count("not recorded yet") == 3
+    assert lines["vgg_d2l"].count("not recorded yet") == 4
     assert nb.markdown_problems(text + "\n\n## Exercises\n") == []
 
 
@@ -157,7 +158,7 @@ def test_curves_of_two_networks_share_a_figure(tmp_path):
             make_record(tmp_path, name, fw, [0.7, 0.8])
     fig = show.curves(["vgg_d2l", "vgg_d2l_bn"], tmp_path)
     labels = [l.get_label() for l in _accuracy_lines(fig)]
-    assert len(labels) == 6 and "vgg_d2l_bn (mxnet)" in labels
+    assert len(labels) == 2 * len(FWS) and "vgg_d2l_bn (jax)" in labels
 
 
 def _history(epochs):
