@@ -277,7 +277,8 @@ def same_as_package(d2p, mine, name: str, tol: float = 1e-6, **kwargs) -> None:
     if not diff <= tol * max(1.0, float(np.max(np.abs(b)))):
         raise AssertionError(f"outputs differ by up to {diff:.3g}")
     args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    line = (f"{type(mine).__name__} typed here = d2p.create_model({name!r}{args}): "
+    shown = getattr(d2p, "network", lambda net: net)(mine)   # JAX: the linen module
+    line = (f"{type(shown).__name__} typed here = d2p.create_model({name!r}{args}): "
             f"{len(theirs)} weight arrays with the same names and shapes, "
             f"{d2p.count_params(ref):,} parameters, the same output for the same weights")
     print(line)
@@ -351,7 +352,8 @@ CHAPTERS = ROOT / "chapters"
 NOTEBOOKS = ROOT / "notebooks"
 IMG = NOTEBOOKS / "img"
 FRAMEWORKS = registry.FRAMEWORKS
-TITLES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "mxnet": "MXNet"}
+TITLES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "mxnet": "MXNet",
+          "jax": "JAX"}
 
 FENCE = re.compile(r"^(`{3,})\s*([A-Za-z0-9_+-]*)(.*)$")
 TAB = re.compile(r"^\s*#@tab\s+(.+?)\s*$")

@@ -11,7 +11,7 @@
 #   D2LPORT_SMOKE=1      smoke settings (small subset, one epoch); `test` always sets it.
 #                        `build` passes it through: unset, notebooks run the book's full
 #                        settings on whatever device each framework sees.
-#   FRAMEWORKS="torch tensorflow mxnet"   which notebooks (default: all three)
+#   FRAMEWORKS="torch tensorflow mxnet jax"   which notebooks (default: all four)
 #   CHAPTERS="1_vgg 3_advanced_cnn"       which chapters (default: all of chapters/[0-9]*.md)
 #   NB_TIMEOUT=seconds   per-cell limit when executing (default: none for build, 900 for test)
 #   MXNET_KERNEL=name    the Jupyter kernel of MXNet's own environment (default d2lport-mxnet,
@@ -31,7 +31,7 @@ PY=${2:-.venv/bin/python}
 [[ -x $PY ]] || PY=$(command -v "$PY" || true)
 [[ -n $PY && -x $PY ]] || { echo "notebooks.sh: no Python at '${2:-}'" >&2; exit 2; }
 
-FRAMEWORKS=${FRAMEWORKS:-"torch tensorflow mxnet"}
+FRAMEWORKS=${FRAMEWORKS:-"torch tensorflow mxnet jax"}
 CHAPTERS=${CHAPTERS:-$("$PY" -m d2lport.notebook list)}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export D2LPORT_PROGRESS=0
