@@ -736,6 +736,51 @@ def markdown_problems(text: str) -> List[str]:
     return out
 
 
+# =========================================================================== native logs
+# A line a framework's C++ core writes straight to the process's stderr (TensorFlow 2.21's
+# absl log at import: "I0000 00:00:17955.. 7809 port.cc:153] oneDNN custom operations are
+# on", and absl's note before it).  The kernel that nbconvert starts forwards such lines into
+# the cell's output; nbval's kernel sends them to /dev/null, so a stored copy would make
+# `make test-notebooks` fail, and it says nothing about the chapter's code.
+NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called "
+                        r"are written to STDERR|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ "
+                        r"[\w./-]+:\d+\] .*)\n?$")
+
+
+def strip_native_logs(notebook: dict) -> int:
+    """Remove native log lines (:data:`NATIVE_LOG`) from the stderr streams of a notebook's
+    code cells (a stream left empty goes too); returns how many lines were removed."""
+    removed = 0
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = out.get("text", "")
+                lines = (text if isinstance(text, str) else "".join(text)).splitlines(True)
+                rest = [line for line in lines if not NATIVE_LOG.match(line)]
+                removed += len(lines) - len(rest)
+                if not rest:
+                    continue
+                out = dict(out, text=rest if isinstance(text, list) else "".join(rest))
+            kept.append(out)
+        cell["outputs"] = kept
+    return removed
+
+
+def strip_native_logs_file(path) -> int:
+    """:func:`strip_native_logs` on a notebook file, rewritten in nbformat's own layout
+    (only when something was removed)."""
+    path = Path(path)
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    removed = strip_native_logs(notebook)
+    if removed:
+        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    return removed
+
+
 # =========================================================================== command line
 def main(argv: Sequence[str] = None) -> int:
     import argparse
@@ -749,6 +794,9 @@ def main(argv: Sequence[str] = None) -> int:
     chk = sub.add_parser("check", help="fail when chapters, figures or notebooks are stale")
     chk.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     sub.add_parser("list", help="the chapters, one stem a line")
+    strip = sub.add_parser("strip-logs", help="remove native log lines (TensorFlow's absl "
+                           "lines at import) from executed notebooks' stderr outputs")
+    strip.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
     try:
         if args.command == "md":
@@ -761,6 +809,11 @@ def main(argv: Sequence[str] = None) -> int:
                 print(f"updated {path}")
         elif args.command == "list":
             print("\n".join(p.stem for p in chapter_files()))
+        elif args.command == "strip-logs":
+            for path in args.notebooks:
+                removed = strip_native_logs_file(path)
+                if removed:
+                    print(f"{path}: {removed} native log line(s) removed from stderr outputs")
         else:
             problems = check([registry.normalize_framework(f)
                               for f in args.frameworks.split(",") if f])

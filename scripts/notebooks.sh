@@ -85,6 +85,8 @@ case $cmd in
           --ClearMetadataPreprocessor.enabled=True \
           --ClearMetadataPreprocessor.clear_notebook_metadata=False \
           --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags "$out"
+        # TensorFlow's C++ log lines at import reach the output here but not under nbval
+        "$PY" -m d2lport.notebook strip-logs "$out"
         echo "executed $out in $(( $(seconds) - t0 )) s (D2LPORT_SMOKE=${D2LPORT_SMOKE:-unset})"
       done
     done
