@@ -150,9 +150,11 @@ def cmd_train(args) -> int:
     elif args.model is None:
         raise ValueError("name the model to train (d2lport models lists them), or a --recipe")
     kwargs, resize, _ = _check_train_args(args)
-    extra = {}
+    extra = _parallel_args(args)
+    if extra.pop("launched", False):
+        return extra.pop("status")
     if args.checkpoint_dir:
-        extra = dict(checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        extra.update(checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                      checkpoint_every=args.checkpoint_every, keep=args.keep)
     net, history, _ = results.train(
         args.model, args.framework, epochs=args.epochs, batch_size=args.batch_size,
@@ -161,6 +163,9 @@ def cmd_train(args) -> int:
         model_kwargs=_parse_kv(args.k),
         device=args.device, data_root=args.data, record=args.record, recipe=args.recipe,
         **extra)
+    from .distributed import Role
+    if not Role.from_env().is_chief:
+        return 0                  # rank 0 prints, saves and plots
     print(history)
     backend = registry.backend(args.framework)
     if args.save:
@@ -172,6 +177,83 @@ def cmd_train(args) -> int:
         plot_history(history).savefig(args.plot)
         print(f"plot saved to {args.plot}")
     return 0
+
+
+def _parallel_args(args) -> dict:
+    """The data-parallel part of ``d2lport train``: checked before any framework is imported.
+    Returns the keyword arguments of :func:`d2lport.results.train`, or, where this process
+    only starts the run's processes (PyTorch, MXNet's parameter servers), ``launched`` and
+    the run's exit ``status``."""
+    from . import distributed as dist
+    if args.devices is None and args.nodes == 1:
+        for flag, value in (("--sync-bn", args.sync_bn), ("--scale-lr", args.scale_lr),
+                            ("--peer-timeout", args.peer_timeout),
+                            ("--master", args.master), ("--node-rank", args.node_rank or None)):
+            if value:
+                raise ValueError(f"{flag} is a data-parallel setting: add --devices N (and "
+                                 "--nodes M for several machines), or drop it")
+        if dist.Role.from_env().world == 1:
+            return {}
+    devices = 1 if args.devices is None else args.devices
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    if args.nodes < 1 or not 0 <= args.node_rank < args.nodes:
+        raise ValueError(f"--node-rank {args.node_rank} of --nodes {args.nodes}: a machine's "
+                         f"rank is 0..{args.nodes - 1}")
+    if args.nodes > 1 and not args.master:
+        raise ValueError("--nodes > 1 needs --master HOST:PORT (where machine 0 listens; the "
+                         "same on every machine)")
+    if args.device:
+        raise ValueError("--device names one device; with --devices the engine places the "
+                         "replicas: drop --device")
+    if args.warmup_steps < 0 or (args.warmup_steps and args.scale_lr is None):
+        raise ValueError("--warmup-steps W (>= 0) goes with --scale-lr BASE_BATCH")
+    if args.peer_timeout is not None and not args.peer_timeout > 0:
+        raise ValueError(f"--peer-timeout must be > 0 seconds, got {args.peer_timeout}")
+    host, port = dist.parse_master(args.master) if args.master else ("127.0.0.1", None)
+    scaling = (dist.LinearScaling(args.scale_lr, args.warmup_steps)
+               if args.scale_lr is not None else None)
+    kw = dict(devices=devices, sync_bn=args.sync_bn, lr_scaling=scaling,
+              peer_timeout=args.peer_timeout)
+    role = dist.Role.from_env()
+    if role.world > 1:                          # a process of a run started for us
+        return kw
+    import importlib
+    engine = importlib.import_module(f"d2lport.{registry.normalize_framework(args.framework)}"
+                                     ".distributed")
+    argv = [a for a in args.argv]
+    if getattr(engine, "MODE", "devices") == "processes":
+        # this machine's processes, started by the engine's launcher (torchrun's machinery)
+        cmd = engine.command(_strip_node_args(argv), devices, nodes=args.nodes,
+                             node_rank=args.node_rank, master=args.master)
+        if args.nodes == 1:
+            print(engine.multinode_hint(_strip_node_args(argv), devices, 2), flush=True)
+        import subprocess
+        return dict(launched=True, status=subprocess.call(cmd))
+    if args.nodes > 1:
+        # one process per machine, each driving --devices devices: torchrun's variables
+        # tell the engine its place (TF_CONFIG, DMLC_*, jax.distributed come from them)
+        import os
+        os.environ.update(dist.Role(rank=args.node_rank, world=args.nodes, master_addr=host,
+                                    master_port=port).env())
+    elif devices > 1:
+        print(engine.multinode_hint(_strip_node_args(argv), devices, 2), flush=True)
+    return kw
+
+
+def _strip_node_args(argv: List[str]) -> List[str]:
+    """``argv`` without --nodes/--node-rank/--master (the launcher adds its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--nodes", "--node-rank", "--master"):
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
 
 
 def cmd_results(args) -> int:
@@ -281,6 +363,8 @@ TRAIN_EPILOG = """exit status:
        or a checkpoint that cannot be resumed (another model, framework, batch size...)
   3    training diverged: the loss became NaN or infinite (the message names the step and
        the learning rate; the last good checkpoint is kept)
+  4    data-parallel run: another replica (process or machine) died or stalled; the last
+       checkpoint resumes the whole run (--resume)
   130  interrupted (Ctrl-C); with --checkpoint-dir a checkpoint was saved first and the
        line printed says how to resume (--checkpoint-dir DIR --resume)
 """
@@ -339,6 +423,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "or seconds (90s); default 5m")
     s.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
     s.add_argument("-k", action="append", metavar="KEY=VALUE", help=kw_help)
+    d = s.add_argument_group(
+        "data parallelism", "train on several devices or machines with the framework's own "
+        "engine (DistributedDataParallel, tf.distribute, a kvstore, jax.sharding); "
+        "--batch-size is the global batch, split among the replicas")
+    d.add_argument("--devices", type=int, metavar="N",
+                   help="devices on this machine (PyTorch: one process each, started by "
+                        "torchrun's machinery; the others: N devices in one process; a CPU "
+                        "is split into N)")
+    d.add_argument("--nodes", type=int, default=1, metavar="M",
+                   help="machines in the run (default 1); each runs the same command with "
+                        "its own --node-rank")
+    d.add_argument("--node-rank", type=int, default=0, metavar="K", help="this machine, 0..M-1")
+    d.add_argument("--master", metavar="HOST:PORT",
+                   help="where machine 0 listens (with --nodes > 1)")
+    d.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch, where the engine can")
+    d.add_argument("--scale-lr", type=int, metavar="BASE_BATCH",
+                   help="linear scaling rule: --lr was tuned for batches of BASE_BATCH; use "
+                        "lr * batch / BASE_BATCH (Goyal et al. 2017)")
+    d.add_argument("--warmup-steps", type=int, default=0, metavar="W",
+                   help="with --scale-lr: reach the scaled rate linearly over W steps")
+    d.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                   help="end this replica when another has died or stalled this long "
+                        "(default: the engine's own)")
     s.set_defaults(func=cmd_train)
 
     fws = ",".join(registry.FRAMEWORKS)
@@ -435,13 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from . import checkpoint
+    from . import checkpoint, distributed
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args) or 0
     except checkpoint.DivergenceError as err:
         print(f"d2lport: error: {err}", file=sys.stderr)
         return checkpoint.EXIT_DIVERGED
+    except distributed.PeerLostError as err:
+        print(f"d2lport: error: {err}", file=sys.stderr)
+        return distributed.EXIT_PEER_LOST
     except KeyboardInterrupt:
         # The backend has saved a checkpoint and printed how to resume, when it had a
         # --checkpoint-dir; otherwise nothing was saved.
@@ -450,7 +563,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "to resume)", file=sys.stderr)
         return checkpoint.EXIT_INTERRUPTED
     except (registry.UnknownModelError, registry.FrameworkNotInstalledError,
-            specs.InputShapeError, checkpoint.CheckpointError, ValueError, TypeError) as err:
+            specs.InputShapeError, checkpoint.CheckpointError, distributed.DistributedError,
+            ValueError, TypeError) as err:
         print(f"d2lport: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

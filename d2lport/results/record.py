@@ -40,12 +40,17 @@ def labels_digest(labels: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest()
 
 
+# A recorded (one-device) run does not import these: tests/test_results.py checks it.
+_NOT_RUN = ("bookpath.py", "distributed.py")
+
+
 def code_digest(framework: str) -> str:
     """SHA-256 of the code that decides what a framework's run computes: its backend package
-    (but the book-path baselines) and the framework-free batching.  A record made with other
-    code is not current: ``make results`` trains it again."""
+    (but the book-path baselines and the data-parallel trainer, which a one-device run never
+    imports) and the framework-free batching.  A record made with other code is not
+    current: ``make results`` trains it again."""
     pkg = ROOT / "d2lport"
-    files = sorted(p for p in (pkg / framework).glob("*.py") if p.name != "bookpath.py")
+    files = sorted(p for p in (pkg / framework).glob("*.py") if p.name not in _NOT_RUN)
     files += [pkg / "loader.py", pkg / "results" / "init.py"]
     h = hashlib.sha256()
     for path in files:

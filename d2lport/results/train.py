@@ -24,7 +24,9 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
           device=None, data_root=None, checkpoint_dir=None, resume: bool = False,
           checkpoint_every=None, keep: int = 3, record=None, recipe: Optional[str] = None,
           command: Optional[str] = None, progress: Optional[bool] = None,
-          verbose: bool = True) -> Tuple[object, object, Optional[dict]]:
+          verbose: bool = True, devices: Optional[int] = None, sync_bn: bool = False,
+          lr_scaling=None, peer_timeout: Optional[float] = None,
+          step_losses: Optional[list] = None) -> Tuple[object, object, Optional[dict]]:
     """Train ``model`` in ``framework`` on Fashion-MNIST: ``(net, history, record)``.
 
     ``init``: ``"framework"`` (the framework's own initialiser, seeded) or ``"xavier"`` (the
@@ -32,7 +34,19 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
     framework).  ``record``: a path; the run is then written there as one JSON record
     (settings, versions, machine, per-epoch history, test-set predictions), atomically.
     The checkpoint arguments are those of the backend's ``train``.
+
+    Data parallelism: ``devices`` (or a process started with torchrun's variables, see
+    :class:`d2lport.distributed.Role`) trains with ``d2lport.<framework>.distributed.train``
+    instead (``batch_size`` is then the global batch; ``sync_bn``, ``lr_scaling``,
+    ``peer_timeout`` and ``step_losses`` are its arguments).  A record is written by rank 0
+    only.
     """
+    from .. import distributed as _dist
+    role = _dist.Role.from_env()
+    parallel = devices is not None or role.world > 1
+    if not parallel and (sync_bn or lr_scaling is not None or peer_timeout is not None):
+        raise ValueError("sync_bn, lr_scaling and peer_timeout are data-parallel settings: "
+                         "give devices= (--devices N) too, or drop them")
     if init not in _init.SCHEMES:
         raise ValueError(f"init must be one of {', '.join(_init.SCHEMES)}, got {init!r}")
     framework = registry.require_framework(framework)
@@ -77,7 +91,7 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
         d2p.set_weights(net, weights)
     train_iter, test_iter = d2p.load_data_fashion_mnist(
         batch_size, resize=None if side == 28 else side, limit=limit, seed=seed, root=data_root)
-    if verbose:
+    if verbose and role.is_chief:
         print(f"training {model} ({framework}) on Fashion-MNIST: {train_iter.num_examples} "
               f"train / {test_iter.num_examples} test examples at {side}x{side}, batch "
               f"{batch_size}, lr {lr}, {optimizer}" + (f", recipe {recipe}" if recipe else ""),
@@ -90,11 +104,24 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
                      checkpoint_every=checkpoint_every, keep=keep,
                      settings={"model_kwargs": full_kwargs, "init": init,
                                "settings_sha256": digest})
-    history = d2p.train(net, train_iter, test_iter, num_epochs=epochs, lr=lr,
-                        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                        device=device, seed=seed, progress=progress, **extra)
+    if parallel:
+        if device is not None:
+            raise ValueError("device= names one device; with devices= the engine places "
+                             "the replicas: drop device (--device)")
+        import importlib
+        engine = importlib.import_module(f"d2lport.{framework}.distributed")
+        history = engine.train(net, train_iter, test_iter, num_epochs=epochs, lr=lr,
+                               optimizer=optimizer, momentum=momentum,
+                               weight_decay=weight_decay, devices=devices, role=role,
+                               seed=seed, sync_bn=sync_bn, lr_scaling=lr_scaling,
+                               progress=progress, step_losses=step_losses,
+                               peer_timeout=peer_timeout, **extra)
+    else:
+        history = d2p.train(net, train_iter, test_iter, num_epochs=epochs, lr=lr,
+                            optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                            device=device, seed=seed, progress=progress, **extra)
     rec = None
-    if record is not None:
+    if record is not None and role.is_chief:
         from ..notebook import predictions
         _, labels, predicted = predictions(d2p, net, test_iter)
         rec = {
