@@ -155,3 +155,33 @@ def test_bad_data_parallel_arguments_get_one_line_before_anything_is_imported(ar
 def test_the_launchers_own_node_arguments_are_dropped_from_the_command():
     argv = ["train", "m", "--nodes", "2", "--node-rank=1", "--master", "h:1", "--devices", "2"]
     assert cli._strip_node_args(argv) == ["train", "m", "--devices", "2"]
+
+
+def _imports(path):
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            names |= {base} | {f"{base}.{a.name}".replace("..", ".") if node.module else
+                               base + a.name for a in node.names}
+    return names
+
+
+def test_a_one_device_run_never_imports_a_backends_data_parallel_trainer():
+    """The records' code digest leaves d2lport/<framework>/distributed.py out because the
+    recorded (one-device) runs never import it: no other module of a backend does."""
+    from pathlib import Path
+    from d2lport import registry
+    from d2lport.results import record
+    assert "distributed.py" in record._NOT_RUN
+    pkg = Path(dist.__file__).parent
+    for fw in registry.FRAMEWORKS:
+        for path in sorted((pkg / fw).glob("*.py")):
+            if path.name == "distributed.py":
+                continue
+            bad = {n for n in _imports(path) if n in (".distributed", f"d2lport.{fw}.distributed")
+                   or n.startswith((".distributed.", f"d2lport.{fw}.distributed."))}
+            assert not bad, f"{path.relative_to(pkg.parent)} imports {bad}"
