@@ -18,6 +18,10 @@ PIP := -m pip install -q --disable-pip-version-check
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 MXPYTEST := $(MXPY) -m pytest -q -p no:cacheprovider
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# XLA's compiled programs, kept on disk (keyed by the program, JAX's version and flags): the
+# test suite, the comparison workers and the notebooks start many JAX processes that compile
+# the same training steps again; from the second process on they are read back
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export MXNET_KERNEL := $(MXKERNEL)
 # d2lport finds .venv-mxnet beside the checkout by itself; another folder must be named.
 ifneq ($(MXVENV),.venv-mxnet)
@@ -126,4 +130,4 @@ results-status: setup
 	$(PY) -m d2lport.cli results status
 
 clean:
-	rm -rf $(VENV) $(MXVENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(MXVENV) .pytest_cache .cache build *.egg-info
