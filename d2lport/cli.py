@@ -194,7 +194,10 @@ def _parallel_args(args) -> dict:
                                  "--nodes M for several machines), or drop it")
         if dist.Role.from_env().world == 1:
             return {}
-    devices = 1 if args.devices is None else args.devices
+    role = dist.Role.from_env()
+    # a process that a launcher started (torchrun) without --devices: one of its devices
+    devices = args.devices if args.devices is not None else (
+        role.local_world if role.world > 1 else 1)
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     if args.nodes < 1 or not 0 <= args.node_rank < args.nodes:
@@ -215,7 +218,6 @@ def _parallel_args(args) -> dict:
                if args.scale_lr is not None else None)
     kw = dict(devices=devices, sync_bn=args.sync_bn, lr_scaling=scaling,
               peer_timeout=args.peer_timeout)
-    role = dist.Role.from_env()
     if role.world > 1:                          # a process of a run started for us
         return kw
     import importlib

@@ -32,9 +32,11 @@ def _forbidden(config):
 
 def pytest_ignore_collect(collection_path, config):
     # A test file named after a forbidden framework imports it at module level: skip it
-    # before it is imported (test_tensorflow*.py when tensorflow is forbidden, ...).
+    # before it is imported (test_tensorflow*.py, test_distributed_tensorflow.py when
+    # tensorflow is forbidden, ...).
     name = collection_path.name
-    return any(name.startswith(f"test_{m}") for m in _forbidden(config)) or None
+    return any(name.startswith((f"test_{m}", f"test_distributed_{m}"))
+               for m in _forbidden(config)) or None
 
 
 @pytest.hookimpl(trylast=True)   # after `-m` has deselected what this run does not need

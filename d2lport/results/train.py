@@ -82,6 +82,16 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
                              f"run_recipe({recipe!r}, ...) or `d2lport train --recipe {recipe}`")
         digest = r.digest()
     d2p = registry.backend(framework)
+    engine = None
+    if parallel:
+        if device is not None:
+            raise ValueError("device= names one device; with devices= the engine places "
+                             "the replicas: drop device (--device)")
+        import importlib
+        engine = importlib.import_module(f"d2lport.{framework}.distributed")
+        # before the framework first computes (create_model does): JAX's CPU devices and
+        # jax.distributed, TensorFlow's logical devices are fixed then
+        engine.setup(devices)
     started, t0 = _record.now(), time.perf_counter()
     net = d2p.create_model(model, seed=seed, **kwargs)
     init_sha = None
@@ -105,11 +115,6 @@ def train(model: str, framework: str = "torch", *, epochs: int = 10, batch_size:
                      settings={"model_kwargs": full_kwargs, "init": init,
                                "settings_sha256": digest})
     if parallel:
-        if device is not None:
-            raise ValueError("device= names one device; with devices= the engine places "
-                             "the replicas: drop device (--device)")
-        import importlib
-        engine = importlib.import_module(f"d2lport.{framework}.distributed")
         history = engine.train(net, train_iter, test_iter, num_epochs=epochs, lr=lr,
                                optimizer=optimizer, momentum=momentum,
                                weight_decay=weight_decay, devices=devices, role=role,
