@@ -27,9 +27,9 @@ CHAPTERS = nb.chapter_files()
 
 
 # --------------------------------------------------------------------------- the chapters
-def test_the_four_chapters_exist():
+def test_the_five_chapters_exist():
     assert [c.stem for c in CHAPTERS] == ["1_vgg", "2_googlenet", "3_advanced_cnn",
-                                          "4_frameworks"]
+                                          "4_frameworks", "5_devices"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
