@@ -245,17 +245,8 @@ def _parallel_args(args) -> dict:
 
 def _strip_node_args(argv: List[str]) -> List[str]:
     """``argv`` without --nodes/--node-rank/--master (the launcher adds its own)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in ("--nodes", "--node-rank", "--master"):
-            skip = "=" not in a
-            continue
-        out.append(a)
-    return out
+    from .distributed import strip_options
+    return strip_options(argv, ("--nodes", "--node-rank", "--master"))
 
 
 def cmd_results(args) -> int:

@@ -375,6 +375,24 @@ def _pump(p: subprocess.Popen, tag: str) -> None:
     p.stdout.close()
 
 
+PLACEMENT_OPTIONS = ("--devices", "--nodes", "--node-rank", "--master")
+
+
+def strip_options(argv: Sequence[str], names: Sequence[str] = PLACEMENT_OPTIONS) -> List[str]:
+    """``argv`` without the options ``names`` and their values (``--opt V`` or
+    ``--opt=V``): a launcher adds its own."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a.split("=", 1)[0] in names:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
 def node_commands(argv: Sequence[str], nodes: int, port: Optional[int] = None,
                   python: Optional[str] = None) -> List[List[str]]:
     """The ``d2lport train`` command of each of ``nodes`` machines, all on this one (the

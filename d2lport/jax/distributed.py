@@ -90,7 +90,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import checkpoint
 from ..common import AuxOutputs, History, Progress, combined_loss_weights, progress_default
 from ..distributed import (EXIT_PEER_LOST, DistributedError, LinearScaling, Role,
-                           StepWatchdog, check_batches, free_port, shard_bounds, shard_loader)
+                           StepWatchdog, check_batches, free_port, shard_bounds, shard_loader,
+                           strip_options)
 from .layers import Model, check_input
 from .train import _read, _write, make_optimizer
 
@@ -664,7 +665,8 @@ def command(argv: Sequence[str], devices: int, nodes: int = 1, node_rank: int = 
     """This machine's command.  MODE "devices": ONE process per machine drives its
     ``devices`` devices, so this is ``d2lport train ... --devices N`` itself (with
     ``--nodes/--node-rank/--master`` for several machines); there is no launcher."""
-    cmd = [python or sys.executable, "-m", "d2lport.cli", *argv, "--devices", str(devices)]
+    cmd = [python or sys.executable, "-m", "d2lport.cli", *strip_options(argv), "--devices",
+           str(devices)]
     if nodes > 1:
         if master is None:
             raise ValueError("several machines need --master HOST:PORT (the first machine's "
@@ -680,7 +682,7 @@ def node_processes(role: Role, devices: int) -> list:
 
 def multinode_hint(argv: Sequence[str], devices: int, nodes: int) -> str:
     """The commands to type on each of ``nodes`` machines."""
-    args = " ".join(argv)
+    args = " ".join(strip_options(argv))
     lines = [f"JAX, {nodes} machine(s) x {devices} device(s): one process per machine; "
              "on machine K (K = 0 ... "
              f"{nodes - 1}), with HOST:PORT the first machine's address and a port free there:"]
