@@ -15,8 +15,8 @@ MXSTAMP := $(MXVENV)/.d2lport-installed
 MXKERNEL := d2lport-mxnet
 KERNELSPEC := $(VENV)/share/jupyter/kernels/$(MXKERNEL)/kernel.json
 PIP := -m pip install -q --disable-pip-version-check
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
-MXPYTEST := $(MXPY) -m pytest -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=8
+MXPYTEST := $(MXPY) -m pytest -q -p no:cacheprovider --durations=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # XLA's compiled programs, kept on disk (keyed by the program, JAX's version and flags): the
 # test suite, the comparison workers and the notebooks start many JAX processes that compile

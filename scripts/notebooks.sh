@@ -110,7 +110,7 @@ case $cmd in
       # never meet in one process.  MXNet's kernel is .venv-mxnet's Python.
       if [[ $(kernel_for "$fw") == python3 ]]; then kernel_opt=--nbval-current-env
       else kernel_opt=--nbval-kernel-name=$(kernel_for "$fw"); fi
-      D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --nbval "$kernel_opt" \
+      D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --durations=8 --nbval "$kernel_opt" \
         --nbval-cell-timeout="${NB_TIMEOUT:-900}" "${files[@]}" || status=1
       echo "notebooks/$fw: $(( $(seconds) - t0 )) s"
     done
