@@ -145,11 +145,24 @@ def test_node_commands_put_every_machine_on_the_loopback_interface():
     (["--devices", "2", "--warmup-steps", "5"], "--warmup-steps W (>= 0) goes with --scale-lr"),
     (["--devices", "2", "--peer-timeout", "0"], "--peer-timeout must be > 0"),
 ])
-def test_bad_data_parallel_arguments_get_one_line_before_anything_is_imported(argv, message, capsys):
+def test_bad_data_parallel_arguments_get_one_line(argv, message, capsys):
     assert cli.main(["train", "residual_net", "-f", "torch", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert "torch" not in sys.modules
+
+
+def test_bad_data_parallel_arguments_are_refused_before_a_framework_is_imported():
+    code = """
+        import sys
+        from d2lport import cli
+        assert cli.main(["train", "residual_net", "-f", "jax", "--devices", "2",
+                         "--scale-lr", "0"]) == 2
+        loaded = [m for m in ("torch", "tensorflow", "mxnet", "jax") if m in sys.modules]
+        assert not loaded, loaded
+    """
+    p = subprocess.run(_py(code), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "base batch >= 1" in p.stderr
 
 
 def test_the_launchers_own_node_arguments_are_dropped_from_the_command():
