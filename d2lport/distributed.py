@@ -393,6 +393,23 @@ def strip_options(argv: Sequence[str], names: Sequence[str] = PLACEMENT_OPTIONS)
     return out
 
 
+def machine_command(argv: Sequence[str], devices, nodes: int = 1, node_rank: int = 0,
+                    master: Optional[str] = None, python: Optional[str] = None) -> List[str]:
+    """This machine's command where ONE process per machine drives its ``devices`` devices
+    (TensorFlow, MXNet, JAX: no launcher): ``d2lport train ... --devices N``, with
+    ``--nodes/--node-rank/--master`` for several machines.  ``argv``: the arguments after
+    ``d2lport``; placement options in it are replaced."""
+    cmd = [python or sys.executable, "-m", "d2lport.cli", *strip_options(argv), "--devices",
+           str(devices)]
+    if nodes > 1:
+        if master is None:
+            raise DistributedError(f"{nodes} machines need --master HOST:PORT (machine 0's "
+                                   "address and a free port on it)")
+        parse_master(master)
+        cmd += ["--nodes", str(nodes), "--node-rank", str(node_rank), "--master", master]
+    return cmd
+
+
 def node_commands(argv: Sequence[str], nodes: int, port: Optional[int] = None,
                   python: Optional[str] = None) -> List[List[str]]:
     """The ``d2lport train`` command of each of ``nodes`` machines, all on this one (the

@@ -91,7 +91,7 @@ from .. import checkpoint
 from ..common import AuxOutputs, History, Progress, combined_loss_weights, progress_default
 from ..distributed import (EXIT_PEER_LOST, DistributedError, LinearScaling, Role,
                            StepWatchdog, check_batches, free_port, shard_bounds, shard_loader,
-                           strip_options)
+                           machine_command, strip_options)
 from .layers import Model, check_input
 from .train import _read, _write, make_optimizer
 
@@ -660,19 +660,10 @@ class _NoWatchdog:
 
 
 # ------------------------------------------------------------------------- commands
-def command(argv: Sequence[str], devices: int, nodes: int = 1, node_rank: int = 0,
+def command(argv: Sequence[str], devices, nodes: int = 1, node_rank: int = 0,
             master: Optional[str] = None, python: Optional[str] = None) -> List[str]:
-    """This machine's command.  MODE "devices": ONE process per machine drives its
-    ``devices`` devices, so this is ``d2lport train ... --devices N`` itself (with
-    ``--nodes/--node-rank/--master`` for several machines); there is no launcher."""
-    cmd = [python or sys.executable, "-m", "d2lport.cli", *strip_options(argv), "--devices",
-           str(devices)]
-    if nodes > 1:
-        if master is None:
-            raise ValueError("several machines need --master HOST:PORT (the first machine's "
-                             "address and a free port)")
-        cmd += ["--nodes", str(nodes), "--node-rank", str(node_rank), "--master", master]
-    return cmd
+    """This machine's command: one process drives this machine's devices (:func:`d2lport.distributed.machine_command`)."""
+    return machine_command(argv, devices, nodes, node_rank, master, python)
 
 
 def node_processes(role: Role, devices: int) -> list:

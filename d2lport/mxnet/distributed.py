@@ -268,18 +268,8 @@ import mxnet
 
 def command(argv: Sequence[str], devices, nodes: int = 1, node_rank: int = 0,
             master: Optional[str] = None, python: Optional[str] = None) -> List[str]:
-    """This machine's command.  MODE "devices": ONE process per machine drives its
-    ``devices`` contexts (and starts its scheduler/server processes itself), so this is
-    ``d2lport train ... --devices N`` (with ``--nodes/--node-rank/--master`` for several
-    machines); there is no launcher."""
-    cmd = [python or sys.executable, "-m", "d2lport.cli", *core.strip_options(argv), "--devices", str(devices)]
-    if nodes > 1:
-        if master is None:
-            raise DistributedError(f"{nodes} machines need --master HOST:PORT (machine 0's "
-                                   "address and a free port on it, for MXNet's scheduler)")
-        core.parse_master(master)
-        cmd += ["--nodes", str(nodes), "--node-rank", str(node_rank), "--master", master]
-    return cmd
+    """This machine's command: one process drives this machine's contexts and starts its scheduler/server processes itself (:func:`d2lport.distributed.machine_command`)."""
+    return core.machine_command(argv, devices, nodes, node_rank, master, python)
 
 
 def multinode_hint(argv: Sequence[str], devices, nodes: int) -> str:

@@ -63,7 +63,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout
@@ -78,7 +77,7 @@ from .. import checkpoint
 from ..common import History, Progress, progress_default
 from ..distributed import (EXIT_PEER_LOST, DistributedError, LinearScaling, PeerLostError,
                            Role, StepWatchdog, check_batches, free_port, loss_weight,
-                           shard_bounds)
+                           machine_command, shard_bounds, strip_options)
 from .train import _correct, _optimizer, _reseed, _restore, _rng_state, loss_fn
 
 __all__ = ["MODE", "setup", "train", "command", "node_processes", "multinode_hint"]
@@ -697,32 +696,10 @@ class _Run:
 
 
 # ------------------------------------------------------------ commands
-def _without_devices(argv: Sequence[str]) -> List[str]:
-    """``argv`` without ``--devices N`` (the command sets its own)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--devices":
-            skip = True
-        elif not a.startswith("--devices="):
-            out.append(a)
-    return out
-
-
-def command(argv: Sequence[str], devices: int, nodes: int = 1, node_rank: int = 0,
+def command(argv: Sequence[str], devices, nodes: int = 1, node_rank: int = 0,
             master: Optional[str] = None, python: Optional[str] = None) -> List[str]:
-    """This machine's command.  MODE "devices": ONE process per machine drives its
-    ``devices`` devices, so this is ``d2lport train ... --devices N`` itself (with
-    ``--nodes/--node-rank/--master`` for several machines); there is no launcher."""
-    cmd = [python or sys.executable, "-m", "d2lport.cli", *_without_devices(argv), "--devices",
-           str(devices)]
-    if nodes > 1:
-        if master is None:
-            raise ValueError("several machines need --master HOST:PORT (the first machine's "
-                             "address and a port free there)")
-        cmd += ["--nodes", str(nodes), "--node-rank", str(node_rank), "--master", master]
-    return cmd
+    """This machine's command: one process drives this machine's devices (:func:`d2lport.distributed.machine_command`)."""
+    return machine_command(argv, devices, nodes, node_rank, master, python)
 
 
 def node_processes(role: Role, devices) -> list:
@@ -732,7 +709,7 @@ def node_processes(role: Role, devices) -> list:
 
 def multinode_hint(argv: Sequence[str], devices: int, nodes: int) -> str:
     """The commands to type on each of ``nodes`` machines."""
-    args = " ".join(_without_devices(argv))
+    args = " ".join(strip_options(argv))
     gpus = len(tf.config.list_physical_devices("GPU"))
     per = devices if gpus else 1
     lines = [f"TensorFlow, {nodes} machines (MultiWorkerMirroredStrategy, one process per "
