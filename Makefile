@@ -20,8 +20,11 @@ MXPYTEST := $(MXPY) -m pytest -q -p no:cacheprovider --durations=8
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # XLA's compiled programs, kept on disk (keyed by the program, JAX's version and flags): the
 # test suite, the comparison workers and the notebooks start many JAX processes that compile
-# the same training steps again; from the second process on they are read back
+# the same training steps again; from the second process on they are read back.  Every
+# program is kept, however quick its compile (JAX's default keeps those over 1 s): a step run
+# op by op, as the book's JAX loop updates its weights, is hundreds of small compiles.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 export MXNET_KERNEL := $(MXKERNEL)
 # d2lport finds .venv-mxnet beside the checkout by itself; another folder must be named.
 ifneq ($(MXVENV),.venv-mxnet)

@@ -14,6 +14,7 @@
 #   FRAMEWORKS="torch tensorflow mxnet jax"   which notebooks (default: all four)
 #   CHAPTERS="1_vgg 3_advanced_cnn"       which chapters (default: all of chapters/[0-9]*.md)
 #   NB_TIMEOUT=seconds   per-cell limit when executing (default: none for build, 900 for test)
+#   NB_JOBS=2            `test`: how many frameworks' notebook suites run at once
 #   MXNET_KERNEL=name    the Jupyter kernel of MXNet's own environment (default d2lport-mxnet,
 #                        which `make setup` registers in .venv from .venv-mxnet): the MXNet
 #                        notebooks carry it and run in it; the others run in PY's own kernel.
@@ -100,20 +101,39 @@ case $cmd in
     need jupytext nbval graphviz ipykernel
     start=$(seconds)
     "$PY" -m d2lport.notebook check --frameworks "${FRAMEWORKS// /,}"
-    status=0
-    for fw in $FRAMEWORKS; do
-      need_kernel "$fw"
-      files=()
-      for ch in $CHAPTERS; do files+=("notebooks/$fw/$ch.ipynb"); done
+    for fw in $FRAMEWORKS; do need_kernel "$fw"; done
+    logs=$(mktemp -d)
+    # One pytest (and one kernel per notebook) per framework: TensorFlow and MXNet never
+    # meet in one process; MXNet's kernel is .venv-mxnet's Python.  NB_JOBS of them run at
+    # once (default 2): much of a notebook's time is one thread (imports, XLA compiles,
+    # worker processes starting), so two suites share two cores with little loss.  Each
+    # suite's output is printed whole when it ends.
+    test_one() {
+      local fw=$1 kernel_opt t0
       t0=$(seconds)
-      # One pytest (and one kernel per notebook) per framework: TensorFlow and MXNet
-      # never meet in one process.  MXNet's kernel is .venv-mxnet's Python.
       if [[ $(kernel_for "$fw") == python3 ]]; then kernel_opt=--nbval-current-env
       else kernel_opt=--nbval-kernel-name=$(kernel_for "$fw"); fi
       D2LPORT_SMOKE=1 "$PY" -m pytest -q -p no:cacheprovider --durations=8 --nbval "$kernel_opt" \
-        --nbval-cell-timeout="${NB_TIMEOUT:-900}" "${files[@]}" || status=1
-      echo "notebooks/$fw: $(( $(seconds) - t0 )) s"
+        --nbval-cell-timeout="${NB_TIMEOUT:-900}" "${@:2}" > "$logs/$fw.log" 2>&1 \
+        && echo 0 > "$logs/$fw.rc" || echo 1 > "$logs/$fw.rc"
+      echo "notebooks/$fw: $(( $(seconds) - t0 )) s" >> "$logs/$fw.log"
+      cat "$logs/$fw.log"
+    }
+    # the longest suites first, so that the last to start is a short one
+    order=$(for fw in jax tensorflow torch mxnet $FRAMEWORKS; do
+              if [[ " $FRAMEWORKS " == *" $fw "* ]]; then echo "$fw"; fi; done | awk '!seen[$0]++')
+    for fw in $order; do
+      files=()
+      for ch in $CHAPTERS; do files+=("notebooks/$fw/$ch.ipynb"); done
+      while (( $(jobs -rp | wc -l) >= ${NB_JOBS:-2} )); do wait -n || true; done
+      test_one "$fw" "${files[@]}" &
     done
+    wait
+    status=0
+    for fw in $order; do
+      [[ $(cat "$logs/$fw.rc" 2>/dev/null) == 0 ]] || { echo "notebooks/$fw: FAILED"; status=1; }
+    done
+    rm -rf "$logs"
     echo "notebook tests: $(( $(seconds) - start )) s in all"
     exit $status
     ;;

@@ -3,8 +3,9 @@ models as the book writes them, trained on the book path and the framework's fas
 
 Each case is marked with its framework, so ``make test-torch`` / ``test-tf`` / ``test-mxnet``
 run it in their own process and no process imports two frameworks.  No speed is asserted:
-a book model is the same network as the spec (parameter count), trains two steps on four
-real images with a finite loss, and runs inference.
+a book model is the same network as the spec (parameter count), trains two steps on two
+real images with a finite loss, and runs inference.  Two: the shapes of tests/test_bench.py,
+which then reads JAX's compiled programs back from the cache (Makefile) instead of compiling.
 """
 import math
 
@@ -53,7 +54,7 @@ def test_book_model_trains_on_both_paths(fw, path, model, array_mode_restored):
     runner = bookpath.Runner(path, model, lr=0.01)   # MXNet: numpy mode before the loader
     assert _count_params(fw, runner) == specs.count_params(spec)
     assert runner.describe().startswith(f"{path}:")
-    train_iter, _ = d2p.load_data_fashion_mnist(4, resize=spec.input_shape[1], limit=4)
+    train_iter, _ = d2p.load_data_fashion_mnist(2, resize=spec.input_shape[1], limit=2)
     X, y = next(iter(train_iter))
     losses = [runner.train_step(X, y) for _ in range(2)]
     assert all(isinstance(loss, float) and math.isfinite(loss) for loss in losses), losses
