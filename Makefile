@@ -26,17 +26,24 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 export MXNET_KERNEL := $(MXKERNEL)
+MATHJAX := .cache/mathjax/node_modules/mathjax/es5/tex-chtml-full.js
+BOOK := build/book
+PORT ?= 8000
 # d2lport finds .venv-mxnet beside the checkout by itself; another folder must be named.
 ifneq ($(MXVENV),.venv-mxnet)
 export D2LPORT_PYTHON_MXNET ?= $(abspath $(MXPY))
 endif
 
-.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-jax test-compare test-notebooks notebooks notebooks-check kill-loop bench results results-status clean
+.PHONY: setup data demo test test-core test-torch test-tf test-mxnet test-jax test-compare test-notebooks test-book book serve notebooks notebooks-check kill-loop bench results results-status clean
 
 # Each venv is rebuilt only when its pins or the project metadata change (stamps: a rerun
 # is instant); Debian's graphviz (for the chapters' pictures) is installed when missing, as root.
-setup: $(STAMP) $(MXSTAMP) $(KERNELSPEC)
-	@bash scripts/system_deps.sh || echo "(continuing: only the notebooks need it)"
+setup: $(STAMP) $(MXSTAMP) $(KERNELSPEC) $(MATHJAX)
+	@bash scripts/system_deps.sh || echo "(continuing: only the notebooks and the book need them)"
+
+# The website's math, served by the site itself (it works offline): MathJax 3 from npm.
+$(MATHJAX):
+	npm install --silent --no-save --no-audit --no-fund --prefix .cache/mathjax mathjax@3.2.2
 
 $(STAMP): requirements/all.txt requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +83,7 @@ test: setup data
 	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-compare
 	$(MAKE) --no-print-directory test-notebooks
+	$(MAKE) --no-print-directory test-book
 
 test-torch: setup data
 	$(PYTEST) -m "(core or torch) and not parity and not killloop" --forbid-imports tensorflow,mxnet,jax
@@ -108,6 +116,21 @@ notebooks: setup data
 
 test-notebooks: setup data
 	bash scripts/notebooks.sh test $(PY)
+
+# The chapters as a website: pages generated from chapters/*.md and the committed notebooks
+# (python -m d2lport.book), built by Sphinx; warnings are errors (a broken reference fails).
+book: setup
+	$(PY) -m d2lport.book $(BOOK)/src --mathjax $(dir $(MATHJAX))
+	$(PY) -m sphinx -b html -q -W --keep-going -j 1 $(BOOK)/src $(BOOK)/html
+	@echo "the book: $(BOOK)/html/index.html (make serve: http://localhost:$(PORT)/)"
+
+serve: book
+	$(PY) -m http.server --bind 127.0.0.1 --directory $(BOOK)/html $(PORT)
+
+# Every page in headless Chromium (Debian's, driven by Playwright): no console error, no broken
+# image or link, tabs that switch every block, typeset math; screenshots in $(BOOK)/html/_screenshots.
+test-book: book
+	$(PYTEST) -m book tests/test_book.py
 
 notebooks-check: setup
 	bash scripts/notebooks.sh check $(PY)
