@@ -550,8 +550,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return distributed.EXIT_PEER_LOST
     except KeyboardInterrupt:
         # The backend has saved a checkpoint and printed how to resume, when it had a
-        # --checkpoint-dir; otherwise nothing was saved.
-        if not getattr(args, "checkpoint_dir", None):
+        # --checkpoint-dir; otherwise nothing was saved.  `results run` trains in child
+        # processes, each with its checkpoint folder.
+        if args.command == "results":
+            print("d2lport: interrupted: the run being trained keeps its checkpoints in "
+                  "results/.checkpoints/; `d2lport results run` (make results) resumes it",
+                  file=sys.stderr)
+        elif not getattr(args, "checkpoint_dir", None):
             print("d2lport: interrupted (nothing saved: pass --checkpoint-dir DIR to be able "
                   "to resume)", file=sys.stderr)
         return checkpoint.EXIT_INTERRUPTED

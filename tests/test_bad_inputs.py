@@ -941,6 +941,16 @@ def test_cli_turns_divergence_and_ctrl_c_into_exit_statuses(monkeypatch, capsys)
     fake_backend(KeyboardInterrupt())
     assert cli.main(["train", "residual_net"]) == checkpoint.EXIT_INTERRUPTED == 130
     assert "nothing saved: pass --checkpoint-dir" in capsys.readouterr().err
+    # `results run` trains in child processes that keep checkpoints: it says how to resume
+    from d2lport.results import runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert cli.main(["results", "run", "residual_net"]) == checkpoint.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "results/.checkpoints/" in err and "results run` (make results) resumes" in err
+    assert "nothing saved" not in err
     fake_backend(CheckpointError("checkpoint x was written with model='a'"))
     assert cli.main(["train", "residual_net", "--checkpoint-dir", "d", "--resume"]) == 2
     assert "was written with model='a'" in capsys.readouterr().err
