@@ -112,7 +112,8 @@ def test_pyproject_extras():
 def test_make_setup_builds_both_environments_and_the_kernel():
     make = (ROOT / "Makefile").read_text()
     setup = re.search(r"^setup: (.*)$", make, re.M).group(1).split()
-    assert setup == ["$(STAMP)", "$(MXSTAMP)", "$(KERNELSPEC)"]
+    # and MathJax for the book (npm), which the site serves itself
+    assert setup == ["$(STAMP)", "$(MXSTAMP)", "$(KERNELSPEC)", "$(MATHJAX)"]
     assert re.search(r"^MXVENV \?= \.venv-mxnet$", make, re.M)
     assert "-r requirements/mxnet.txt -c requirements/mxnet-lock.txt" in make
     assert "-r requirements/all.txt -c requirements/lock.txt" in make
@@ -130,7 +131,8 @@ def test_make_test_runs_every_framework_in_its_environment():
     make = (ROOT / "Makefile").read_text()
     steps = re.findall(r"--no-print-directory (\S+)", _recipe(make, "test"))
     assert steps == ["test-torch", "test-tf", "test-mxnet", "test-jax", "test-compare",
-                     "test-notebooks"]
+                     "test-notebooks", "test-book"]
+    assert _recipe(make, "test-book").lstrip().startswith("$(PYTEST) -m book")
     assert _recipe(make, "test-mxnet").lstrip().startswith("$(MXPYTEST) -m")
     assert "core and not parity" in _recipe(make, "test-mxnet")   # numpy 1.23 too
     assert '-m "jax and not killloop" --forbid-imports torch,tensorflow,mxnet' in \
