@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import registry
-from .notebook import (CHAPTERS, FENCE, NOTEBOOKS, ROOT, STATIC_BEGIN, STATIC_END, TITLES,
-                       ChapterError, chapter_files, notebook_path, parse_tabs)
+from .notebook import (NOTEBOOKS, ROOT, STATIC_BEGIN, STATIC_END, TITLES, ChapterError,
+                       chapter_files, code_blocks, notebook_path)
 
 FRAMEWORKS = registry.FRAMEWORKS
 TEMPLATE = ROOT / "book"                 # conf.py, index and the site's CSS: copied into SRC
@@ -53,45 +53,30 @@ class BookError(ChapterError):
 # ------------------------------------------------------------------- the chapter's parts
 def segments(text: str, name: str) -> List[Tuple[str, object]]:
     """The chapter as ``("md", text)`` and ``("code", block)`` items, static regions left
-    out; a block is ``{"code", "tabs", "line"}`` (its ``#@tab`` line removed)."""
+    out; a block is :func:`~d2lport.notebook.code_blocks`' (its ``#@tab`` line removed)."""
+    lines = text.splitlines()
     items: List[Tuple[str, object]] = []
-    prose: List[str] = []
-    lines, i = text.splitlines(), 0
-
-    def flush():
-        if prose:
-            items.append(("md", "\n".join(prose)))
-            prose.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        if STATIC_BEGIN.match(line):
-            end = i + 1
-            while end < len(lines) and not STATIC_END.match(lines[end]):
-                end += 1
-            if end == len(lines):
-                raise BookError(f"{name}:{i + 1}: static region never closed")
-            i = end + 1
-            continue
-        m = FENCE.match(line)
-        if m and m.group(2) == "python":
-            fence = m.group(1)
-            end = i + 1
-            while end < len(lines) and lines[end].strip() != fence:
-                end += 1
-            if end == len(lines):
-                raise BookError(f"{name}:{i + 1}: code block never closed")
-            body = lines[i + 1:end]
-            tabs = parse_tabs(body[0], f"{name}:{i + 2}") if body else None
-            flush()
-            items.append(("code", dict(code="\n".join(body[1:] if tabs else body),
-                                       tabs=tuple(tabs or FRAMEWORKS), line=i + 1)))
-            i = end + 1
-            continue
-        prose.append(line)
-        i += 1
-    flush()
+    at = 0
+    for block in code_blocks(text, name):
+        items += [("md", _without_static(lines[at:block["line"] - 1], name)), ("code", block)]
+        at = block["end"]
+    items.append(("md", _without_static(lines[at:], name)))
     return items
+
+
+def _without_static(lines: List[str], name: str) -> str:
+    """Prose lines less the ``<!-- static -->`` regions (the notebooks drop them too)."""
+    out, inside = [], False
+    for line in lines:
+        if STATIC_BEGIN.match(line):
+            inside = True
+        elif STATIC_END.match(line) and inside:
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise BookError(f"{name}: a static region is never closed")
+    return "\n".join(out)
 
 
 def runs(items: List[Tuple[str, object]]) -> List[Tuple[str, object]]:

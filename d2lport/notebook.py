@@ -394,7 +394,8 @@ def parse_tabs(line: str, where: str = "") -> Optional[Tuple[str, ...]]:
 
 
 def code_blocks(text: str, where: str = "") -> List[dict]:
-    """The ```python blocks of a chapter: ``{"line", "info", "code", "tabs"}``."""
+    """The ```python blocks of a chapter: ``{"line", "end", "info", "code", "tabs"}``
+    (``line``: the opening fence, 1-based; ``end``: the line after the closing one)."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         m = FENCE.match(lines[i])
@@ -412,7 +413,7 @@ def code_blocks(text: str, where: str = "") -> List[dict]:
             tabs = parse_tabs(body[0], f"{where}:{i + 2}") if body else None
             if tabs is not None:
                 body = body[1:]
-            blocks.append(dict(line=i + 1, info=info, code="\n".join(body),
+            blocks.append(dict(line=i + 1, end=end + 1, info=info, code="\n".join(body),
                                tabs=tabs if tabs is not None else FRAMEWORKS))
         elif lang not in ("", "text", "markdown", "md"):
             raise ChapterError(f"{where}:{i + 1}: a ```{lang} block would become a notebook "
