@@ -8,7 +8,7 @@ import pytest
 
 from d2lport import cli, registry
 from d2lport.bench import report as rep
-from d2lport.bench.run import check_model, merge
+from d2lport.bench.run import check_model, devices_used, merge
 from d2lport.compare.workers import available
 
 # what a worker can run: each framework in its worker's Python (MXNet: .venv-mxnet)
@@ -97,6 +97,44 @@ def test_rounds_of_one_path_pool_their_passes():
     assert merged["processes"] == 2 and a["training"]["all"] == [60]   # inputs untouched
 
 
+def _gpu_report():
+    gpu = dict(device="cuda:0", accelerator="NVIDIA H100 80GB HBM3")
+    runs = [dict(_run("torch", "d2lport", 8300, 2.0), **gpu, device_peak_gb=1.5),
+            dict(_run("torch", "book", 6000, 2.1), **gpu, device_peak_gb=1.25),
+            _run("mxnet", "d2lport", 40, 3.0)]
+    runs[2].update(device="cpu(0)", accelerator=None, device_peak_gb=None)
+    report = rep.BenchReport(
+        settings=dict(batch_size=128, steps=30, repeats=1, warmup=2),
+        machine=dict(date="2026-11-25", cpu="test CPU", cores=16),
+        flops={"googlenet": 552_132_608},
+        matmul={"torch": {"n": 2048, "gflops": {"median": 50000.0}, **gpu},
+                "mxnet": {"n": 2048, "gflops": {"median": 900.0}, "device": "cpu(0)",
+                          "accelerator": None}},
+        runs=runs)
+    report.machine["device"] = devices_used(report)
+    return report
+
+
+@pytest.mark.core
+def test_a_gpu_run_names_its_gpu_shows_gpu_memory_and_sets_no_matmul_goal():
+    report = _gpu_report()
+    assert report.machine["device"] == "NVIDIA H100 80GB HBM3 (torch); CPU (mxnet)"
+    assert devices_used(_report()) == "CPU"          # workers that report no accelerator
+    md = report.to_markdown()
+    assert "16 cores, NVIDIA H100 80GB HBM3 (torch); CPU (mxnet);" in md
+    assert "float32 matmul torch 50000 (cuda:0), mxnet 900 GFLOP/s" in md
+    assert md.splitlines()[4].endswith("| peak GB | GPU GB |")
+    rows = [line for line in md.splitlines() if line.startswith("| googlenet")]
+    assert rows[0].endswith("| 2.00 | 1.50 |") and rows[2].endswith("| 3.00 |  |")
+    goals = [g.text for g in report.goals()]
+    assert goals and not any("matmul" in t for t in goals)    # issue 10's goal is a CPU goal
+    assert "GPU GB" not in _report().to_markdown()               # a CPU run: no such column
+    again = rep.BenchReport.from_json(report.to_json())
+    assert [r.device_peak_gb for r in again.rows()] == [1.5, 1.25, None]
+    merged = merge([report.runs[0], dict(report.runs[0], device_peak_gb=2.5)])
+    assert merged["device_peak_gb"] == 2.5 and merge([_run("torch", "fast", 1)])["device_peak_gb"] is None
+
+
 @pytest.mark.core
 def test_networks_that_do_not_take_fashion_mnist_are_refused(capsys):
     assert check_model("vgg_d2l") == "vgg_d2l"
@@ -128,3 +166,7 @@ def test_bench_runs_every_path_in_every_framework(tmp_path, capsys):
         assert 0.05 < r["peak_gb"] < 20, r
     assert set(data["matmul"]) == set(INSTALLED)
     assert out_md.read_text() in readme.read_text()
+    # every path and the matmul of a framework on one device: here the CPU
+    assert data["machine"]["device"] == "CPU"
+    for meta in data["runs"] + list(data["matmul"].values()):
+        assert meta["accelerator"] is None and "cpu" in meta["device"].lower(), meta

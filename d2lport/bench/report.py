@@ -25,8 +25,9 @@ class Row:
     training_min: float
     training_max: float
     inference: float
-    peak_gb: float
+    peak_gb: float                     # the worker's peak resident (host) memory
     describe: str
+    device_peak_gb: Optional[float] = None     # the GPU memory it allocated at most
     vs_book: Optional[float] = None
     vs_fast: Optional[float] = None
     vs_fastest: Optional[float] = None
@@ -55,10 +56,13 @@ class BenchReport:
         rates = [m["gflops"]["median"] for m in self.matmul.values()]
         return max(rates) if rates else None
 
+    def on_cpu(self) -> bool:
+        return self.machine.get("device", "CPU") == "CPU"
+
     def rows(self) -> List[Row]:
         rows = [Row(r["model"], r["framework"], r["path"], r["training"]["median"],
                     r["training"]["min"], r["training"]["max"], r["inference"]["median"],
-                    r["peak_gb"], r["describe"]) for r in self.runs]
+                    r["peak_gb"], r["describe"], r.get("device_peak_gb")) for r in self.runs]
         rate = {(r.model, r.framework, r.path): r.training for r in rows}
         best_mm = self.best_matmul()
         for r in rows:
@@ -90,7 +94,9 @@ class BenchReport:
         for model in dict.fromkeys(r.model for r in rows):
             mine = [r for r in rows if r.model == model]
             top = max(mine, key=lambda r: r.training)
-            if top.of_matmul is not None:
+            # Issue 10's CPU goal: on a GPU a 96-px net at batch 128 is bound by kernel
+            # launches, not arithmetic, and trains in bfloat16; the column still shows it.
+            if top.of_matmul is not None and self.on_cpu():
                 out.append(Goal(f"{model}: fastest framework ({top.framework}) >= "
                                 f"{GOAL_OF_MATMUL} of the best matmul rate",
                                 top.of_matmul >= GOAL_OF_MATMUL,
@@ -120,16 +126,21 @@ class BenchReport:
                    d["runs"], d["failed"])
 
     def _table(self) -> List[List[str]]:
+        rows = self.rows()
+        gpu = any(r.device_peak_gb is not None for r in rows)
         head = ["network", "framework", "path", "train ex/s (min-max)", "÷ book", "÷ fast",
                 "÷ fastest", "GFLOP/s", "÷ matmul", "infer ex/s", "peak GB"]
+        head += ["GPU GB"] if gpu else []
         body = []
-        for r in self.rows():
+        for r in rows:
             body.append([r.model, r.framework, r.path,
                          f"{r.training:.1f} ({r.training_min:.1f}-{r.training_max:.1f})",
                          _x(r.vs_book), _x(r.vs_fast), _x(r.vs_fastest),
                          "" if r.gflops is None else f"{r.gflops:.0f}",
                          "" if r.of_matmul is None else f"{r.of_matmul:.2f}",
-                         f"{r.inference:.1f}", f"{r.peak_gb:.2f}"])
+                         f"{r.inference:.1f}", f"{r.peak_gb:.2f}"]
+                        + ([] if not gpu else
+                           ["" if r.device_peak_gb is None else f"{r.device_peak_gb:.2f}"]))
         return [head] + body
 
     def _heading(self) -> str:
@@ -140,7 +151,9 @@ class BenchReport:
 
     def _matmul_line(self) -> str:
         return ("float32 matmul " + ", ".join(
-            f"{fw} {m['gflops']['median']:.0f}" for fw, m in self.matmul.items())
+            f"{fw} {m['gflops']['median']:.0f}"
+            + (f" ({m['device']})" if m.get("accelerator") else "")
+            for fw, m in self.matmul.items())
             + f" GFLOP/s (n = {next(iter(self.matmul.values()))['n']}); training FLOPs per "
             "example = 3 x forward: " + ", ".join(
                 f"{k} {3 * v / 1e9:.2f} GFLOP" for k, v in self.flops.items())

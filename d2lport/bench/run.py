@@ -86,9 +86,10 @@ def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = re
     with _threads(threads):
         for fw in ready:
             try:
-                _, meta = worker.run(fw, "bench_matmul", timeout=timeout, n=matmul_size)
+                _, meta = worker.run(fw, "bench_matmul", timeout=timeout, n=matmul_size,
+                                     device=device)
                 report.matmul[fw] = meta
-                say(f"{fw}: matmul {meta['gflops']['median']:.0f} GFLOP/s")
+                say(f"{fw}: matmul {meta['gflops']['median']:.0f} GFLOP/s on {meta['device']}")
             except worker.WorkerError as err:
                 report.failed[f"{fw} matmul"] = _short(err)
             for model in models:
@@ -113,10 +114,23 @@ def bench(models: Sequence[str] = DEFAULT_MODELS, frameworks: Sequence[str] = re
                         say(f"{fw} {model} {path} (round {turn + 1} of {rounds}): training "
                             f"{meta['training']['median']:.1f}, inference "
                             f"{meta['inference']['median']:.1f} examples/s, peak "
-                            f"{meta['peak_gb']:.2f} GB ({meta['seconds']:.0f} s)")
+                            f"{meta['peak_gb']:.2f} GB ({meta['seconds']:.0f} s) on "
+                            f"{meta['device']}")
                 report.runs += [merge(metas) for path, metas in runs.items()
                                 if f"{fw} {model} {path}" not in report.failed]
+    report.machine["device"] = devices_used(report)
     return report
+
+
+def devices_used(report) -> str:
+    """The heading's device: "CPU", or each accelerator the workers ran on with the
+    frameworks that ran there ("NVIDIA H100 80GB HBM3 (torch, jax)")."""
+    where: dict = {}
+    for fw, meta in list(report.matmul.items()) + [(r["framework"], r) for r in report.runs]:
+        where.setdefault(meta.get("accelerator") or "CPU", []).append(fw)
+    if set(where) <= {"CPU"}:
+        return "CPU"
+    return "; ".join(f"{name} ({', '.join(dict.fromkeys(fws))})" for name, fws in where.items())
 
 
 def merge(metas: Sequence[dict]) -> dict:
@@ -125,6 +139,8 @@ def merge(metas: Sequence[dict]) -> dict:
     for key in ("training", "inference"):
         out[key] = summary([rate for m in metas for rate in m[key]["all"]])
     out["peak_gb"] = max(m["peak_gb"] for m in metas)
+    gpu_peaks = [m["device_peak_gb"] for m in metas if m.get("device_peak_gb") is not None]
+    out["device_peak_gb"] = max(gpu_peaks) if gpu_peaks else None
     out["seconds"] = sum(m["seconds"] for m in metas)
     out["processes"] = len(metas)
     return out
