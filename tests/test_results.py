@@ -47,6 +47,26 @@ def test_committed_record_is_present_current_and_whole(recipe, fw, test_labels):
     assert rec["params"] == rec["params_spec"]
 
 
+# ------------------------------------------------------------ runs measured once on a GPU
+@pytest.mark.core
+def test_the_h100_records_are_whole_runs_at_the_books_settings(test_labels):
+    """results/h100/: GoogLeNet at D2L 1.0's settings on one H100 (run once with the device
+    tool, not by `make results`): each record agrees with itself and the test labels, ran on
+    the GPU with the book profile's settings, and the README's GPU table states its numbers."""
+    paths = sorted((ROOT / "results" / "h100").glob("*.json"))
+    assert [p.name for p in paths] == ["googlenet-jax.json", "googlenet-torch.json"]
+    readme = (ROOT / "README.md").read_text()
+    book = get("googlenet", "book")
+    for path in paths:
+        rec = rrecord.load(path)
+        assert rrecord.internal_problems(rec, test_labels) == [], path.name
+        assert rec["model"] == book.model and rec["settings"] == book.settings()
+        assert "H100" in rec["machine"]["gpu"] and "cpu" not in rec["machine"]["device"]
+        h = rec["history"]
+        assert f"| {rec['framework']} | {h[-1]['test_acc']:.4f} | " \
+               f"{max(e['test_acc'] for e in h):.4f} |" in readme, path.name
+
+
 @pytest.mark.core
 def test_pending_names_real_runs():
     assert PENDING <= {r.run_name(fw) for r, fw in RUNS}
