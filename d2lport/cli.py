@@ -485,10 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
     s.add_argument("--lr", type=float, default=0.01)
     s.add_argument("--threads", type=int, help=threads_help)
-    s.add_argument("--device", help="e.g. cuda:0 / /GPU:0 / gpu:0 (default: each path's "
-                   "default, the GPU where one is seen)")
+    s.add_argument("--device", help="e.g. cuda:0 / /GPU:0 / gpu:0: where every path and the "
+                   "matmul run (default: each framework's first GPU, else the CPU)")
     s.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n float32 "
-                   "matrix product whose rate is measured (default 2048)")
+                   "matrix product whose rate is measured on that device (default 2048)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", help="write the report as JSON here")
     s.add_argument("--markdown", help="write the table as Markdown here")
