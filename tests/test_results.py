@@ -56,6 +56,7 @@ def test_the_h100_records_are_whole_runs_at_the_books_settings(test_labels):
     paths = sorted((ROOT / "results" / "h100").glob("*.json"))
     assert [p.name for p in paths] == ["googlenet-jax.json", "googlenet-torch.json"]
     readme = (ROOT / "README.md").read_text()
+    chapter = (ROOT / "chapters" / "2_googlenet.md").read_text()
     book = get("googlenet", "book")
     for path in paths:
         rec = rrecord.load(path)
@@ -65,6 +66,7 @@ def test_the_h100_records_are_whole_runs_at_the_books_settings(test_labels):
         h = rec["history"]
         assert f"| {rec['framework']} | {h[-1]['test_acc']:.4f} | " \
                f"{max(e['test_acc'] for e in h):.4f} |" in readme, path.name
+        assert f"{h[-1]['test_acc']:.4f}" in chapter, path.name     # the GoogLeNet chapter
 
 
 @pytest.mark.core
