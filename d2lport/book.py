@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import registry
-from .notebook import (NOTEBOOKS, ROOT, STATIC_BEGIN, STATIC_END, TITLES, ChapterError,
-                       chapter_files, code_blocks, notebook_path)
+from .notebook import (NOTEBOOKS, ROOT, TITLES, ChapterError, chapter_files, code_blocks,
+                       notebook_path, without_static)
 
 FRAMEWORKS = registry.FRAMEWORKS
 TEMPLATE = ROOT / "book"                 # conf.py, index and the site's CSS: copied into SRC
@@ -58,25 +58,11 @@ def segments(text: str, name: str) -> List[Tuple[str, object]]:
     items: List[Tuple[str, object]] = []
     at = 0
     for block in code_blocks(text, name):
-        items += [("md", _without_static(lines[at:block["line"] - 1], name)), ("code", block)]
+        prose = without_static(lines[at:block["line"] - 1], name)
+        items += [("md", "\n".join(prose)), ("code", block)]
         at = block["end"]
-    items.append(("md", _without_static(lines[at:], name)))
+    items.append(("md", "\n".join(without_static(lines[at:], name))))
     return items
-
-
-def _without_static(lines: List[str], name: str) -> str:
-    """Prose lines less the ``<!-- static -->`` regions (the notebooks drop them too)."""
-    out, inside = [], False
-    for line in lines:
-        if STATIC_BEGIN.match(line):
-            inside = True
-        elif STATIC_END.match(line) and inside:
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise BookError(f"{name}: a static region is never closed")
-    return "\n".join(out)
 
 
 def runs(items: List[Tuple[str, object]]) -> List[Tuple[str, object]]:
@@ -113,7 +99,7 @@ def attach_outputs(items, notebooks: Dict[str, dict], name: str) -> None:
             if fw not in notebooks:
                 continue
             k = taken[fw]
-            source = _source(cells[fw][k]) if k < len(cells[fw]) else None
+            source = _joined(cells[fw][k]["source"]) if k < len(cells[fw]) else None
             if source != block["code"]:
                 raise BookError(f"notebooks/{fw}/{name}.ipynb is out of date with "
                                 f"chapters/{name}.md (line {block['line']}): run "
@@ -124,11 +110,6 @@ def attach_outputs(items, notebooks: Dict[str, dict], name: str) -> None:
         if k != len(cells[fw]):
             raise BookError(f"notebooks/{fw}/{name}.ipynb has cells that chapters/{name}.md "
                             "does not: run `make notebooks`")
-
-
-def _source(cell) -> str:
-    s = cell["source"]
-    return s if isinstance(s, str) else "".join(s)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -234,7 +215,7 @@ def notebook_links(name: str, frameworks: Sequence[str]) -> str:
     return f"```{{admonition}} Notebooks\n:class: notebooks\nThis chapter as a notebook: {links}\n```"
 
 
-def _prose(text: str, frameworks: Sequence[str]) -> str:
+def _prose(text: str) -> str:
     text = NOTEBOOK_LINK.sub(lambda m: f"](notebooks/{m.group(1)}/{m.group(2)}.ipynb)", text)
     return IMG_LINK.sub(lambda m: f"](notebooks/img/{m.group(1)})", text)
 
@@ -250,18 +231,18 @@ def chapter_page(chapter: Path, frameworks: Sequence[str] = FRAMEWORKS,
             if not path.exists():
                 raise BookError(f"{path.relative_to(ROOT)} is missing: run `make notebooks`")
             notebooks[fw] = json.loads(path.read_text(encoding="utf-8"))
-    items = segments(chapter.read_text(encoding="utf-8"), name)
+    text = chapter.read_text(encoding="utf-8")
+    items = segments(text, name)
     attach_outputs(items, notebooks, name)
     page = Page(name)
     parts: List[str] = []
     for kind, value in runs(items):
         if kind == "md":
-            parts.append(_prose(value, frameworks))
+            parts.append(_prose(value))
         else:
             parts.append(page.run(value, frameworks))
     # the notebooks' links after the title, unless the chapter has them already
-    linked = {m.group(1) for m in NOTEBOOK_LINK.finditer(chapter.read_text(encoding="utf-8"))
-              if m.group(2) == name}
+    linked = {m.group(1) for m in NOTEBOOK_LINK.finditer(text) if m.group(2) == name}
     first = parts[0].split("\n", 1) if parts and parts[0].startswith("# ") else None
     if first and not linked >= set(frameworks):
         parts[0] = first[0] + "\n\n" + notebook_links(name, frameworks) + "\n\n" + (

@@ -449,20 +449,12 @@ def notebook_markdown(text: str, framework: str, name: str,
         f"which the training sections show. Unset `{SMOKE_ENV}` to train the CPU recipe "
         "of those records here (`D2LPORT_PROFILE=book`: the book's settings).*",
         "", ""]
-    lines, i, in_static = text.splitlines(), 0, None
+    lines, i = text.splitlines(), 0
     while i < len(lines):
         line = lines[i]
-        if in_static is not None:
-            i += 1
-            if STATIC_END.match(line):
-                in_static = None
-                if i < len(lines) and not lines[i].strip():
-                    i += 1                       # and the blank line after the region
-            continue
-        m = STATIC_BEGIN.match(line)
-        if m:
-            in_static = m.group(1)
-            i += 1
+        after = static_region_end(lines, i, name)
+        if after is not None:
+            i = after
             continue
         fm = FENCE.match(line)
         if fm:
@@ -488,8 +480,6 @@ def notebook_markdown(text: str, framework: str, name: str,
                                                                  chapters_dir) + m.group(3),
                             line))
         i += 1
-    if in_static is not None:
-        raise ChapterError(f"{name}: <!-- static: {in_static} --> never closed")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -511,6 +501,33 @@ def _cell_key(cell) -> Tuple[str, str, Tuple[str, ...]]:
 
 
 # --------------------------------------------------------------------------- static regions
+def static_region_end(lines: Sequence[str], i: int, where: str = "") -> Optional[int]:
+    """When ``lines[i]`` opens a ``<!-- static: name -->`` region (a code host's printed
+    copy of an output, which the notebooks and the book replace by the live output): the
+    index after its closing line and the blank line after that; else None."""
+    m = STATIC_BEGIN.match(lines[i])
+    if not m:
+        return None
+    end = i + 1
+    while end < len(lines) and not STATIC_END.match(lines[end]):
+        end += 1
+    if end == len(lines):
+        raise ChapterError(f"{where}: <!-- static: {m.group(1)} --> never closed")
+    end += 1
+    return end + 1 if end < len(lines) and not lines[end].strip() else end
+
+
+def without_static(lines: Sequence[str], where: str = "") -> List[str]:
+    """``lines`` less their static regions (:func:`static_region_end`)."""
+    out, i = [], 0
+    while i < len(lines):
+        after = static_region_end(lines, i, where)
+        if after is None:
+            out.append(lines[i])
+        i = i + 1 if after is None else after
+    return out
+
+
 def render_static(name: str) -> str:
     """The Markdown of a static region: a table from TABLES, or a figure's image line."""
     if name in TABLES:

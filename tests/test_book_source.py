@@ -112,3 +112,15 @@ def test_every_chapter_pairs_with_its_committed_notebooks():
         assert page.text.count("{tab-set}") >= 1, chapter
         code_cells = sum(c.cell_type == "code" for c in chapter_notebook(chapter, "torch").cells)
         assert code_cells > 0
+
+
+def test_an_unclosed_static_region_is_one_error_in_the_notebooks_and_the_book():
+    """Both drop static regions with notebook.without_static: one message, naming the region."""
+    from d2lport.notebook import ChapterError, notebook_markdown, without_static
+    text = CHAPTER.replace("<!-- /static -->\n", "")
+    with pytest.raises(ChapterError, match=r"^9_demo: <!-- static: table --> never closed$"):
+        book.segments(text, "9_demo")
+    with pytest.raises(ChapterError, match=r"^9_demo: <!-- static: table --> never closed$"):
+        notebook_markdown(text, "torch", "9_demo")
+    # closed: the region and the blank line after it go, the rest stays
+    assert without_static(["a", "<!-- static: t -->", "x", "<!-- /static -->", "", "b"]) == ["a", "b"]
